@@ -1,0 +1,145 @@
+//! Typed configuration from the environment (and `.env`, loaded by `main`).
+
+use std::time::Duration;
+
+use crate::store::mongo::MongoConfig;
+
+const DEFAULT_PORT: u16 = 3000;
+const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
+const DEFAULT_DB_TIMEOUT_MS: u64 = 3000;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable, for development.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Everything the service reads at startup.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    /// 0 picks a free port (tests do).
+    pub port: u16,
+    /// `None` runs the in-memory store.
+    pub mongo: Option<MongoConfig>,
+    pub body_limit_bytes: usize,
+    pub log_format: LogFormat,
+}
+
+/// A setting that is present but unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: {message}")]
+pub struct ConfigError {
+    name: &'static str,
+    message: String,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let mongo = match get("DB_URI") {
+            None => None,
+            Some(uri) => Some(MongoConfig {
+                uri,
+                db_name: get("DB_NAME"),
+                timeout: Duration::from_millis(parse_or(
+                    "DB_TIMEOUT_MS",
+                    get("DB_TIMEOUT_MS"),
+                    DEFAULT_DB_TIMEOUT_MS,
+                )?),
+                max_pool_size: get("DB_MAX_POOL_SIZE")
+                    .map(|v| parse_or("DB_MAX_POOL_SIZE", Some(v), 0))
+                    .transpose()?,
+            }),
+        };
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "LOG_FORMAT",
+                    message: format!("{other:?} is neither \"pretty\" nor \"json\""),
+                })
+            }
+        };
+        Ok(Self {
+            host: get("HOST").unwrap_or_else(|| "127.0.0.1".to_owned()),
+            port: parse_or("PORT", get("PORT"), DEFAULT_PORT)?,
+            mongo,
+            body_limit_bytes: parse_or(
+                "BODY_LIMIT_BYTES",
+                get("BODY_LIMIT_BYTES"),
+                DEFAULT_BODY_LIMIT,
+            )?,
+            log_format,
+        })
+    }
+}
+
+fn parse_or<T: std::str::FromStr>(
+    name: &'static str,
+    raw: Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|_| ConfigError {
+            name,
+            message: format!("{raw:?} is not a valid number"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_to_the_in_memory_store_on_port_3000() {
+        let c = config(&[]).unwrap();
+        assert!(c.mongo.is_none());
+        assert_eq!((c.port, c.body_limit_bytes), (3000, 256 * 1024));
+        assert_eq!(c.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn reads_the_database_settings() {
+        let c = config(&[("DB_URI", "mongodb://db:27017/x"), ("DB_TIMEOUT_MS", "500")]).unwrap();
+        let mongo = c.mongo.unwrap();
+        assert_eq!(mongo.uri, "mongodb://db:27017/x");
+        assert_eq!(mongo.timeout, Duration::from_millis(500));
+        assert_eq!(mongo.db_name, None);
+    }
+
+    #[test]
+    fn rejects_unusable_values_by_name() {
+        for (name, value) in [
+            ("PORT", "http"),
+            ("BODY_LIMIT_BYTES", "-1"),
+            ("LOG_FORMAT", "xml"),
+        ] {
+            let err = config(&[(name, value)]).unwrap_err();
+            assert!(err.to_string().starts_with(name), "{err}");
+        }
+    }
+}

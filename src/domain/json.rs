@@ -1,0 +1,158 @@
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::ValidationError;
+
+/// Nesting deeper than this is refused: deep documents cost stack in every parser on the way.
+const MAX_DEPTH: usize = 32;
+
+/// A client-supplied JSON object (session metadata or event payload) that is safe to store.
+///
+/// At every depth its keys do not start with `$` and hold no `.` or NUL, so no client key can
+/// be read by MongoDB as an operator or a path. Integers fit in 64 bits so none is rounded.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(transparent)]
+pub struct JsonObject(Map<String, Value>);
+
+impl JsonObject {
+    /// Checks `value` against the key rules, the depth limit and `max_bytes` serialized.
+    pub fn parse(field: &str, value: Value, max_bytes: usize) -> Result<Self, ValidationError> {
+        let Value::Object(map) = value else {
+            return Err(ValidationError::new(field, "must be a JSON object"));
+        };
+        for (key, child) in &map {
+            check_entry(field, key, child, 1)?;
+        }
+        let size = serialized_len(&map);
+        if size > max_bytes {
+            return Err(ValidationError::new(
+                field,
+                format!("is {size} bytes serialized; the limit is {max_bytes}"),
+            ));
+        }
+        Ok(Self(map))
+    }
+
+    /// Wraps an object read back from a store, which was checked when it was written.
+    pub fn from_stored(map: Map<String, Value>) -> Self {
+        Self(map)
+    }
+
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0
+    }
+}
+
+fn check_entry(field: &str, key: &str, value: &Value, depth: usize) -> Result<(), ValidationError> {
+    if key.starts_with('$') || key.contains('.') || key.contains('\0') {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "key {key:?} is not allowed: keys must not start with '$' or contain '.' or NUL"
+            ),
+        ));
+    }
+    check_value(field, value, depth)
+}
+
+fn check_value(field: &str, value: &Value, depth: usize) -> Result<(), ValidationError> {
+    if depth > MAX_DEPTH {
+        return Err(ValidationError::new(
+            field,
+            format!("is nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .try_for_each(|(k, v)| check_entry(field, k, v, depth + 1)),
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|v| check_value(field, v, depth + 1)),
+        Value::Number(n) if n.is_u64() && n.as_i64().is_none() => Err(ValidationError::new(
+            field,
+            format!("integer {n} is out of range: integers must fit in a signed 64-bit integer"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Counts the bytes of the compact serialization without allocating it.
+fn serialized_len(map: &Map<String, Value>) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing a Map into an infallible writer cannot fail.
+    let _ = serde_json::to_writer(&mut counter, map);
+    counter.0
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse(v: Value) -> Result<JsonObject, ValidationError> {
+        JsonObject::parse("payload", v, 1024)
+    }
+
+    #[test]
+    fn accepts_plain_objects_of_any_value_kind() {
+        let v =
+            json!({"text": "hi\u{0}there", "n": -5, "f": 1.5, "a": [1, {"b": null}], "ok": true});
+        assert_eq!(parse(v.clone()).unwrap().as_map(), v.as_object().unwrap());
+    }
+
+    #[test]
+    fn rejects_anything_but_an_object() {
+        for bad in [json!([]), json!("s"), json!(1), json!(null), json!(true)] {
+            assert!(parse(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn rejects_operator_and_path_keys_at_every_depth() {
+        for bad in [
+            json!({"$set": 1}),
+            json!({"a.b": 1}),
+            json!({"a\u{0}": 1}),
+            json!({"a": {"b": {"$gt": 1}}}),
+            json!({"a": [{"x.y": 1}]}),
+            json!({"a": [[{"$where": "1"}]]}),
+        ] {
+            let err = parse(bad.clone()).unwrap_err();
+            assert_eq!(err.field, "payload", "{bad}");
+        }
+        assert!(parse(json!({"a$": 1, "b": {"c$d": 2}})).is_ok());
+    }
+
+    #[test]
+    fn enforces_the_size_limit_on_the_compact_serialization() {
+        let at_limit = json!({"k": "x".repeat(1024 - 8)});
+        assert_eq!(serde_json::to_vec(&at_limit).unwrap().len(), 1024);
+        assert!(parse(at_limit).is_ok());
+        assert!(parse(json!({"k": "x".repeat(1024 - 7)})).is_err());
+    }
+
+    #[test]
+    fn refuses_nesting_deeper_than_the_limit() {
+        let nest = |levels: usize| (0..levels).fold(json!(1), |inner, _| json!({ "k": inner }));
+        assert!(parse(nest(MAX_DEPTH)).is_ok());
+        assert!(parse(nest(MAX_DEPTH + 1)).is_err());
+    }
+
+    #[test]
+    fn refuses_integers_that_do_not_fit_in_i64() {
+        assert!(parse(json!({"n": i64::MAX})).is_ok());
+        assert!(parse(json!({"n": u64::MAX})).is_err());
+    }
+}

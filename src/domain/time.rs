@@ -1,0 +1,76 @@
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
+
+use super::ValidationError;
+
+/// An instant with millisecond precision, the resolution MongoDB stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self(Utc::now().timestamp_millis())
+    }
+
+    /// Wraps milliseconds since the Unix epoch, as stored.
+    pub fn from_millis(millis: i64) -> Self {
+        Self(millis)
+    }
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// Parses RFC 3339; anything finer than a millisecond is truncated.
+    pub fn parse(field: &str, raw: &str) -> Result<Self, ValidationError> {
+        DateTime::parse_from_rfc3339(raw)
+            .map(|t| Self(t.timestamp_millis()))
+            .map_err(|_| {
+                ValidationError::new(
+                    field,
+                    "must be an RFC 3339 time, for example 2026-11-26T08:31:38.123Z",
+                )
+            })
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match DateTime::<Utc>::from_timestamp_millis(self.0) {
+            Some(t) => f.write_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            None => write!(f, "{}ms", self.0),
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_with_milliseconds_and_truncates_finer_input() {
+        let t = Timestamp::parse("t", "2026-11-26T09:31:38.123999+01:00").unwrap();
+        assert_eq!(t.to_string(), "2026-11-26T08:31:38.123Z");
+    }
+
+    #[test]
+    fn rejects_non_rfc3339_input() {
+        for bad in [
+            "",
+            "yesterday",
+            "2026-11-26",
+            "2026-11-26 08:31:38",
+            "1700000000",
+        ] {
+            assert!(Timestamp::parse("timestamp", bad).is_err(), "{bad:?}");
+        }
+    }
+}

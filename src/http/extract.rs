@@ -1,0 +1,230 @@
+//! Extractors that turn every malformed request into the API's error envelope.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{header, request::Parts, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::error::Category;
+
+use super::error::ApiError;
+
+/// A JSON body, required, with `Content-Type: application/json`.
+pub struct ApiJson<T>(pub T);
+
+/// A JSON body that may be left out entirely (no bytes at all).
+pub struct OptionalJson<T>(pub Option<T>);
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::InvalidJson("the body could not be read".to_owned())
+        }
+    })
+}
+
+/// The configured body limit, put in request extensions so errors can name it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = read_body(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let declared_json = is_json(req.headers());
+        let bytes = read_body(req, state).await?;
+        if bytes.is_empty() {
+            return Ok(OptionalJson(None));
+        }
+        if !declared_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse_json(&bytes).map(|v| OptionalJson(Some(v)))
+    }
+}
+
+/// Parses JSON, telling syntax errors (`invalid_json`) from well-formed JSON of the wrong
+/// shape (`validation_failed`, naming the field).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = strip_position(&inner.to_string());
+        match inner.classify() {
+            Category::Data => ApiError::validation(field_of(&path, &message), message),
+            _ => ApiError::InvalidJson(message),
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
+    Ok(value)
+}
+
+/// serde_json appends "at line L column C"; the field name says more to a client.
+fn strip_position(message: &str) -> String {
+    message
+        .rsplit_once(" at line ")
+        .map_or(message, |(m, _)| m)
+        .to_owned()
+}
+
+/// The field a data error is about: the path, which for a missing field is its parent, so
+/// the name serde quotes in backticks is added.
+fn field_of(path: &str, message: &str) -> String {
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    match (path, missing) {
+        (".", Some(name)) => name.to_owned(),
+        (".", None) => String::new(),
+        (p, Some(name)) => format!("{p}.{name}"),
+        (p, None) => p.to_owned(),
+    }
+}
+
+/// Path parameters; a segment that does not decode is a validation error, not a 500.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|rejection| ApiError::validation("path", rejection.body_text()))
+    }
+}
+
+/// The query string as name/value pairs, taken one by one so that repeated and unknown
+/// parameters are refused instead of ignored.
+pub struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    /// The single value of `name`, if given. Giving it twice is an error.
+    pub fn take(&mut self, name: &str) -> Result<Option<String>, ApiError> {
+        let mut values = self.take_all(name).into_iter();
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(ApiError::validation(name, "may be given only once"));
+        }
+        Ok(first)
+    }
+
+    /// Every value of a repeatable parameter, in order.
+    pub fn take_all(&mut self, name: &str) -> Vec<String> {
+        let (taken, rest) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(k, _)| k == name);
+        self.0 = rest;
+        taken.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Fails on the first parameter nobody took.
+    pub fn finish(self) -> Result<(), ApiError> {
+        match self.0.into_iter().next() {
+            Some((name, _)) => Err(ApiError::validation(name, "is not a known query parameter")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        Ok(Self(
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct Body {
+        event_id: String,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u8,
+    }
+
+    fn field(bytes: &str) -> String {
+        match parse_json::<Body>(bytes.as_bytes()) {
+            Err(ApiError::Validation { field, .. }) => field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_the_field_of_shape_errors() {
+        assert_eq!(field(r#"{}"#), "eventId");
+        assert_eq!(field(r#"{"eventId": 5}"#), "eventId");
+        assert_eq!(field(r#"{"eventId": "a", "extra": 1}"#), "extra");
+        assert_eq!(field(r#"{"eventId": "a", "inner": {"n": 300}}"#), "inner.n");
+        assert_eq!(field(r#"{"eventId": "a", "inner": {"m": 1}}"#), "inner.m");
+    }
+
+    #[test]
+    fn reports_syntax_errors_as_invalid_json() {
+        for bad in [
+            "",
+            "{",
+            r#"{"eventId": "a"} trailing"#,
+            "nul",
+            r#"{"eventId": "a",}"#,
+        ] {
+            assert!(
+                matches!(
+                    parse_json::<Body>(bad.as_bytes()),
+                    Err(ApiError::InvalidJson(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The HTTP edge: routes, extractors, the error envelope, request ids and tracing.
+
+mod error;
+mod events;
+mod extract;
+mod sessions;
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json, Router};
+use serde::Serialize;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+pub use error::ApiError;
+use error::ErrorBody;
+use extract::BodyLimit;
+
+use crate::app::AppState;
+use crate::service::Written;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request id of the current request: the client's when it sent a usable one.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The whole HTTP API over `state`, with its middleware.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
+        .merge(sessions::router())
+        .merge(events::router())
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(BodyLimit(body_limit)))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("a handler panicked".to_owned()).into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(|res: &Response, latency: Duration, _: &Span| {
+                    tracing::info!(
+                        status = res.status().as_u16(),
+                        latency_ms = latency.as_secs_f64() * 1000.0,
+                        "served"
+                    );
+                }),
+        )
+        .layer(middleware::from_fn(request_context))
+}
+
+/// Request spans name the route template, never the raw path with its ids.
+fn request_span(req: &Request) -> Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or("", |id| id.0.as_str());
+    tracing::info_span!("request", method = %req.method(), route, request_id)
+}
+
+/// Assigns the request id, and renders every error response in the one envelope.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_usable_request_id(v))
+        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut res = next.run(req).await;
+    let status = res.status();
+    let body = res.extensions_mut().remove::<ErrorBody>();
+    match body {
+        Some(body) => body.render(&mut res, &id),
+        None if status.is_client_error() || status.is_server_error() => {
+            ErrorBody::for_status(status).render(&mut res, &id)
+        }
+        None => {}
+    }
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    res
+}
+
+/// 1-128 visible ASCII characters.
+fn is_usable_request_id(value: &str) -> bool {
+    (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// 201 with `Location` for something new, 200 for a retry that found it stored.
+fn written<T: Serialize>(outcome: Written<T>, location: impl FnOnce(&T) -> String) -> Response {
+    match outcome {
+        Written::Created(value) => {
+            let headers =
+                HeaderValue::from_str(&location(&value)).map(|loc| [(header::LOCATION, loc)]);
+            match headers {
+                Ok(h) => (StatusCode::CREATED, h, Json(value)).into_response(),
+                Err(_) => (StatusCode::CREATED, Json(value)).into_response(),
+            }
+        }
+        Written::Existing(value) => (StatusCode::OK, Json(value)).into_response(),
+    }
+}

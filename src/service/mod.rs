@@ -1,0 +1,49 @@
+//! Business rules: idempotency decisions, session life cycle, paging.
+
+mod event;
+mod session;
+
+pub use event::{EventService, PagePosition, PageRequest};
+pub use session::SessionService;
+
+use serde::Serialize;
+
+use crate::domain::{CursorError, Event, Session, SessionId};
+use crate::store::StoreError;
+
+/// Whether a write stored something new or found its retry already stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written<T> {
+    Created(T),
+    /// An identical earlier request already stored this; nothing changed.
+    Existing(T),
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    /// Pass back as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+    pub has_more: bool,
+}
+
+/// Why a service refused or failed a request, in domain words.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("session {0} does not exist")]
+    SessionNotFound(SessionId),
+    #[error("no such event in this session")]
+    EventNotFound,
+    #[error("the session exists with a different language or metadata")]
+    SessionConflict(Box<Session>),
+    #[error("the eventId exists with different content")]
+    EventConflict(Box<Event>),
+    #[error("the session is {}", .0.status.as_str())]
+    SessionClosed(Box<Session>),
+    #[error(transparent)]
+    InvalidCursor(#[from] CursorError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,69 @@
+//! Lossless conversion between the JSON objects clients send and BSON documents.
+//!
+//! Done by hand rather than through serde so that each value converts in one pass and the
+//! mapping is explicit: integers become Int64, other numbers Double, and nothing else is made.
+
+use mongodb::bson::{Bson, Document};
+use serde_json::{Map, Number, Value};
+
+/// Converts a validated JSON object (integers fit in i64, keys are safe) into a document.
+pub fn object_to_document(map: &Map<String, Value>) -> Document {
+    map.iter()
+        .map(|(k, v)| (k.clone(), value_to_bson(v)))
+        .collect()
+}
+
+fn value_to_bson(value: &Value) -> Bson {
+    match value {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Bson::Int64(i),
+            // Validation refused integers beyond i64, so what is left is a float.
+            None => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Bson::String(s.clone()),
+        Value::Array(items) => Bson::Array(items.iter().map(value_to_bson).collect()),
+        Value::Object(map) => Bson::Document(object_to_document(map)),
+    }
+}
+
+/// Converts a stored document back into the JSON object it was made from.
+pub fn document_to_object(doc: Document) -> Map<String, Value> {
+    doc.into_iter()
+        .map(|(k, v)| (k, bson_to_value(v)))
+        .collect()
+}
+
+fn bson_to_value(value: Bson) -> Value {
+    match value {
+        Bson::Null | Bson::Undefined => Value::Null,
+        Bson::Boolean(b) => Value::Bool(b),
+        Bson::Int32(i) => Value::from(i),
+        Bson::Int64(i) => Value::from(i),
+        Bson::Double(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+        Bson::String(s) => Value::String(s),
+        Bson::Array(items) => Value::Array(items.into_iter().map(bson_to_value).collect()),
+        Bson::Document(doc) => Value::Object(document_to_object(doc)),
+        // Only written by hand into the database, never by this service: show it as
+        // MongoDB's relaxed extended JSON rather than fail the read.
+        other => other.into_relaxed_extjson(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn round_trips_every_json_kind() {
+        let v = json!({
+            "s": "text\u{0}with nul", "i": -42, "big": i64::MAX, "f": 0.5, "whole_float": 2.0,
+            "t": true, "n": null, "a": [1, "two", [3.5], {"k": []}], "o": {"nested": {"deep": 1}}
+        });
+        let map = v.as_object().unwrap();
+        assert_eq!(&document_to_object(object_to_document(map)), map);
+    }
+}

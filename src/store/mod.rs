@@ -1,0 +1,113 @@
+//! Persistence behind two repository traits, with a MongoDB and an in-memory implementation.
+//!
+//! Every guarantee a service relies on (one session per id, one event per (session, eventId),
+//! no append to a closed session) is enforced inside the store by one atomic operation, never
+//! by reading first and writing after.
+
+mod bson_json;
+mod memory;
+pub mod mongo;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    Event, EventId, EventPosition, FinalStatus, NewSession, Order, Session, SessionId, Timestamp,
+};
+
+pub use memory::MemoryStore;
+pub use mongo::MongoStore;
+
+/// A boxed error cause, kept for logs and never shown to clients.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What can go wrong in a store, in the words services need.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key already holds another document.
+    #[error("duplicate key")]
+    Duplicate,
+    /// The database cannot be reached or did not answer in time; worth retrying.
+    #[error("the store is unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else: a bug or a broken database.
+    #[error("the store failed")]
+    Backend(#[source] BoxError),
+}
+
+/// The result of an idempotent create.
+#[derive(Debug, Clone)]
+pub enum CreateOutcome {
+    Created(Session),
+    /// A session was already stored under this id; it is returned unchanged.
+    Existing(Session),
+}
+
+/// A slot in an open session's timeline, taken atomically with the open-status check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub seq: i64,
+    /// The session's clock after the reservation: never earlier than any previous receive time,
+    /// so a later close always ends at or after it.
+    pub received_at: Timestamp,
+}
+
+/// Where a page of events starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageStart {
+    First,
+    /// Strictly after this position, in the page's order.
+    After(EventPosition),
+    /// After skipping this many events (the compatibility `page` parameter).
+    Offset(u64),
+}
+
+/// A request for one page of a session's events, ordered by (timestamp, seq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventPageQuery {
+    pub order: Order,
+    pub start: PageStart,
+    /// How many events to return at most.
+    pub limit: usize,
+}
+
+/// Sessions, keyed by their id.
+#[async_trait]
+pub trait SessionRepository: Send + Sync {
+    /// Stores the session unless one exists under its id; either way in one atomic step.
+    async fn create(&self, new: NewSession, now: Timestamp) -> Result<CreateOutcome, StoreError>;
+
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
+
+    /// Takes the next seq of an open session, marks it active and advances its clock to at
+    /// least `now`. `None` when the session is missing or closed.
+    async fn reserve_seq(
+        &self,
+        id: &SessionId,
+        now: Timestamp,
+    ) -> Result<Option<Reservation>, StoreError>;
+
+    /// Closes an open session with `status`; it ends at its clock advanced to at least `now`.
+    /// `None` when the session is missing or already closed.
+    async fn close(
+        &self,
+        id: &SessionId,
+        status: FinalStatus,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError>;
+}
+
+/// Events, unique by (sessionId, eventId).
+#[async_trait]
+pub trait EventRepository: Send + Sync {
+    /// Stores the event, or fails with [`StoreError::Duplicate`] when its eventId is taken.
+    async fn insert(&self, event: &Event) -> Result<(), StoreError>;
+
+    async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError>;
+
+    /// One page of the session's events; empty for an unknown session.
+    async fn page(
+        &self,
+        session: &SessionId,
+        query: &EventPageQuery,
+    ) -> Result<Vec<Event>, StoreError>;
+}

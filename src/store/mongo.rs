@@ -1,0 +1,419 @@
+//! The MongoDB store over the official driver.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, DateTime as BsonDateTime, Document};
+use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use super::bson_json::{document_to_object, object_to_document};
+use super::{
+    CreateOutcome, EventPageQuery, EventRepository, PageStart, Reservation, SessionRepository,
+    StoreError,
+};
+use crate::domain::{
+    Event, EventId, EventType, FinalStatus, JsonObject, Language, NewSession, Order, Session,
+    SessionId, SessionStatus, Timestamp,
+};
+
+const DEFAULT_DB_NAME: &str = "conversation";
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Server error codes that mean "not now" rather than "never": elections, shutdowns,
+/// network trouble and operations that ran out of time.
+const TRANSIENT_CODES: &[i32] = &[
+    6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+];
+
+/// How to reach MongoDB.
+#[derive(Debug, Clone)]
+pub struct MongoConfig {
+    pub uri: String,
+    /// Overrides the database named in the URI.
+    pub db_name: Option<String>,
+    /// Bounds server selection, connecting and each operation, so an unreachable database
+    /// turns into a fast `unavailable` rather than a hung request.
+    pub timeout: Duration,
+    pub max_pool_size: Option<u32>,
+}
+
+/// Sessions and events in MongoDB.
+pub struct MongoStore {
+    client: Client,
+    sessions: Collection<SessionDoc>,
+    events: Collection<EventDoc>,
+    timeout: Duration,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    status: SessionStatus,
+    language: Option<String>,
+    metadata: Document,
+    started_at: BsonDateTime,
+    /// The session's clock: advanced by every append and by the close, never moved back.
+    /// A closed session ended at this instant.
+    updated_at: BsonDateTime,
+    last_seq: i64,
+}
+
+/// What an append needs back from the session: its new seq and clock.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReservationDoc {
+    updated_at: BsonDateTime,
+    last_seq: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventDoc {
+    session_id: String,
+    event_id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    payload: Document,
+    timestamp: BsonDateTime,
+    seq: i64,
+    received_at: BsonDateTime,
+}
+
+impl MongoStore {
+    /// Builds the client and creates the indexes. Fails when the database cannot be reached
+    /// within the configured timeout.
+    pub async fn connect(config: &MongoConfig) -> Result<Self, StoreError> {
+        let mut options = ClientOptions::parse(&config.uri)
+            .await
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        options.app_name = Some(env!("CARGO_PKG_NAME").to_owned());
+        options.server_selection_timeout = Some(config.timeout);
+        options.connect_timeout = Some(config.timeout);
+        if config.max_pool_size.is_some() {
+            options.max_pool_size = config.max_pool_size;
+        }
+        let db_name = config
+            .db_name
+            .clone()
+            .or_else(|| options.default_database.clone())
+            .unwrap_or_else(|| DEFAULT_DB_NAME.to_owned());
+        let client = Client::with_options(options).map_err(classify)?;
+        let db = client.database(&db_name);
+        let store = Self {
+            sessions: db.collection("sessions"),
+            events: db.collection("events"),
+            client,
+            timeout: config.timeout,
+        };
+        store.ensure_indexes().await?;
+        Ok(store)
+    }
+
+    /// Creates the indexes the guarantees rest on. Creating an existing index with the same
+    /// definition is a no-op, so every instance does this at startup.
+    async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let index = |keys: Document, name: &str, unique: bool| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(
+                    IndexOptions::builder()
+                        .name(name.to_owned())
+                        .unique(unique)
+                        .build(),
+                )
+                .build()
+        };
+        self.events
+            .create_indexes([
+                index(
+                    doc! {"sessionId": 1, "eventId": 1},
+                    "session_event_id",
+                    true,
+                ),
+                index(doc! {"sessionId": 1, "seq": 1}, "session_seq", true),
+                index(
+                    doc! {"sessionId": 1, "timestamp": 1, "seq": 1},
+                    "session_timeline",
+                    false,
+                ),
+            ])
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Closes the client's connections.
+    pub async fn shutdown(&self) {
+        self.client.clone().shutdown().await;
+    }
+}
+
+fn bson_time(t: Timestamp) -> BsonDateTime {
+    BsonDateTime::from_millis(t.millis())
+}
+
+fn time_of(t: BsonDateTime) -> Timestamp {
+    Timestamp::from_millis(t.timestamp_millis())
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("stored document does not parse: {what}").into())
+}
+
+fn is_duplicate_key(err: &MongoError) -> bool {
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+/// Sorts a driver error into what the service layer can act on.
+fn classify(err: MongoError) -> StoreError {
+    if is_duplicate_key(&err) {
+        return StoreError::Duplicate;
+    }
+    let transient = match err.kind.as_ref() {
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. } => true,
+        ErrorKind::Command(e) => TRANSIENT_CODES.contains(&e.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(e)) => TRANSIENT_CODES.contains(&e.code),
+        _ => err.contains_label("RetryableWriteError"),
+    };
+    if transient {
+        StoreError::Unavailable(Box::new(err))
+    } else {
+        StoreError::Backend(Box::new(err))
+    }
+}
+
+impl SessionDoc {
+    fn into_session(self) -> Result<Session, StoreError> {
+        let closed = !self.status.is_open();
+        Ok(Session {
+            session_id: SessionId::parse(self.id).map_err(corrupt)?,
+            status: self.status,
+            language: self
+                .language
+                .map(Language::parse)
+                .transpose()
+                .map_err(corrupt)?,
+            metadata: JsonObject::from_stored(document_to_object(self.metadata)),
+            started_at: time_of(self.started_at),
+            ended_at: closed.then(|| time_of(self.updated_at)),
+            updated_at: time_of(self.updated_at),
+        })
+    }
+}
+
+impl EventDoc {
+    fn from_event(event: &Event) -> Self {
+        Self {
+            session_id: event.session_id.as_str().to_owned(),
+            event_id: event.event_id.as_str().to_owned(),
+            event_type: event.event_type.as_str().to_owned(),
+            payload: object_to_document(event.payload.as_map()),
+            timestamp: bson_time(event.timestamp),
+            seq: event.seq,
+            received_at: bson_time(event.received_at),
+        }
+    }
+
+    fn into_event(self) -> Result<Event, StoreError> {
+        Ok(Event {
+            session_id: SessionId::parse(self.session_id).map_err(corrupt)?,
+            event_id: EventId::parse(self.event_id).map_err(corrupt)?,
+            event_type: EventType::parse(self.event_type).map_err(corrupt)?,
+            payload: JsonObject::from_stored(document_to_object(self.payload)),
+            timestamp: time_of(self.timestamp),
+            seq: self.seq,
+            received_at: time_of(self.received_at),
+        })
+    }
+}
+
+fn open_statuses() -> Bson {
+    Bson::Array(
+        SessionStatus::OPEN
+            .iter()
+            .map(|s| Bson::from(s.as_str()))
+            .collect(),
+    )
+}
+
+#[async_trait]
+impl SessionRepository for MongoStore {
+    async fn create(&self, new: NewSession, now: Timestamp) -> Result<CreateOutcome, StoreError> {
+        let session = new.into_session(now);
+        let on_insert = doc! {
+            "status": session.status.as_str(),
+            "language": session.language.as_ref().map(|l| l.as_str()),
+            "metadata": object_to_document(session.metadata.as_map()),
+            "startedAt": bson_time(session.started_at),
+            "updatedAt": bson_time(session.updated_at),
+            "lastSeq": 0_i64,
+        };
+        // An upsert whose filter is the unique key either inserts or matches in one atomic
+        // step; the document from before the update tells which happened. Two racing
+        // upserts can still surface a duplicate-key error, and the retry then matches.
+        for _attempt in 0..2 {
+            let before = self
+                .sessions
+                .find_one_and_update(
+                    doc! {"_id": session.session_id.as_str()},
+                    doc! {"$setOnInsert": on_insert.clone()},
+                )
+                .upsert(true)
+                .return_document(ReturnDocument::Before)
+                .max_time(self.timeout)
+                .await;
+            match before {
+                Ok(None) => return Ok(CreateOutcome::Created(session)),
+                Ok(Some(stored)) => return Ok(CreateOutcome::Existing(stored.into_session()?)),
+                Err(e) if is_duplicate_key(&e) => continue,
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Err(StoreError::Backend(
+            "create kept colliding on the session id".into(),
+        ))
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        let found = self
+            .sessions
+            .find_one(doc! {"_id": id.as_str()})
+            .max_time(self.timeout)
+            .await
+            .map_err(classify)?;
+        found.map(SessionDoc::into_session).transpose()
+    }
+
+    async fn reserve_seq(
+        &self,
+        id: &SessionId,
+        now: Timestamp,
+    ) -> Result<Option<Reservation>, StoreError> {
+        let reserved = self
+            .sessions
+            .clone_with_type::<ReservationDoc>()
+            .find_one_and_update(
+                doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}},
+                doc! {
+                    "$inc": {"lastSeq": 1_i64},
+                    "$set": {"status": SessionStatus::Active.as_str()},
+                    "$max": {"updatedAt": bson_time(now)},
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .projection(doc! {"_id": 0, "lastSeq": 1, "updatedAt": 1})
+            .max_time(self.timeout)
+            .await
+            .map_err(classify)?;
+        Ok(reserved.map(|r| Reservation {
+            seq: r.last_seq,
+            received_at: time_of(r.updated_at),
+        }))
+    }
+
+    async fn close(
+        &self,
+        id: &SessionId,
+        status: FinalStatus,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        let closed = self
+            .sessions
+            .find_one_and_update(
+                doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}},
+                doc! {
+                    "$set": {"status": SessionStatus::from(status).as_str()},
+                    "$max": {"updatedAt": bson_time(now)},
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .max_time(self.timeout)
+            .await
+            .map_err(classify)?;
+        closed.map(SessionDoc::into_session).transpose()
+    }
+}
+
+#[async_trait]
+impl EventRepository for MongoStore {
+    async fn insert(&self, event: &Event) -> Result<(), StoreError> {
+        self.events
+            .insert_one(EventDoc::from_event(event))
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError> {
+        let found = self
+            .events
+            .find_one(doc! {"sessionId": session.as_str(), "eventId": event.as_str()})
+            .projection(doc! {"_id": 0})
+            .max_time(self.timeout)
+            .await
+            .map_err(classify)?;
+        found.map(EventDoc::into_event).transpose()
+    }
+
+    async fn page(
+        &self,
+        session: &SessionId,
+        query: &EventPageQuery,
+    ) -> Result<Vec<Event>, StoreError> {
+        let direction = match query.order {
+            Order::Asc => 1,
+            Order::Desc => -1,
+        };
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let mut find = self
+            .events
+            .find(page_filter(session, query))
+            .sort(doc! {"timestamp": direction, "seq": direction})
+            .projection(doc! {"_id": 0})
+            .limit(limit)
+            // One batch holds the whole page, so a page costs one round trip.
+            .batch_size(u32::try_from(query.limit).unwrap_or(u32::MAX))
+            .max_time(self.timeout);
+        if let PageStart::Offset(skip) = query.start {
+            find = find.skip(skip);
+        }
+        let docs: Vec<EventDoc> = find
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        docs.into_iter().map(EventDoc::into_event).collect()
+    }
+}
+
+/// The keyset condition "after this position" as a rooted `$or`, so that each branch gets
+/// exact bounds on the (sessionId, timestamp, seq) index and the merged scan stops after
+/// `limit` keys.
+fn page_filter(session: &SessionId, query: &EventPageQuery) -> Document {
+    let PageStart::After(p) = query.start else {
+        return doc! {"sessionId": session.as_str()};
+    };
+    let op = match query.order {
+        Order::Asc => "$gt",
+        Order::Desc => "$lt",
+    };
+    let ts = bson_time(p.timestamp);
+    doc! {"$or": [
+        {"sessionId": session.as_str(), "timestamp": {op: ts}},
+        {"sessionId": session.as_str(), "timestamp": ts, "seq": {op: p.seq}},
+    ]}
+}
