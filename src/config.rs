@@ -52,13 +52,15 @@ impl Config {
             Some(uri) => Some(MongoConfig {
                 uri,
                 db_name: get("DB_NAME"),
-                timeout: Duration::from_millis(parse_or(
+                timeout: Duration::from_millis(positive(
+                    parse_or("DB_TIMEOUT_MS", get("DB_TIMEOUT_MS"), DEFAULT_DB_TIMEOUT_MS)?,
                     "DB_TIMEOUT_MS",
-                    get("DB_TIMEOUT_MS"),
-                    DEFAULT_DB_TIMEOUT_MS,
                 )?),
                 max_pool_size: get("DB_MAX_POOL_SIZE")
-                    .map(|v| parse_or("DB_MAX_POOL_SIZE", Some(v), 0))
+                    .map(|v| {
+                        parse_or("DB_MAX_POOL_SIZE", Some(v), 0)
+                            .and_then(|n| positive(n, "DB_MAX_POOL_SIZE"))
+                    })
                     .transpose()?,
             }),
         };
@@ -82,6 +84,18 @@ impl Config {
                 DEFAULT_BODY_LIMIT,
             )?,
             log_format,
+        })
+    }
+}
+
+/// Zero would mean "fail at once" to some driver settings and "no limit" to others.
+fn positive<T: PartialOrd + Default>(value: T, name: &'static str) -> Result<T, ConfigError> {
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            name,
+            message: "must be at least 1".to_owned(),
         })
     }
 }

@@ -28,7 +28,7 @@ impl Language {
     }
 }
 
-/// Primary subtag of 2-8 letters, then subtags of 1-8 letters or digits, at most 64 characters.
+/// A primary subtag of 2-3 letters (ISO 639), then subtags of 1-8 letters or digits, at most 64 characters.
 fn is_bcp47_shaped(tag: &str) -> bool {
     if tag.len() > 64 {
         return false;
@@ -36,7 +36,7 @@ fn is_bcp47_shaped(tag: &str) -> bool {
     let mut subtags = tag.split('-');
     let primary_ok = subtags
         .next()
-        .is_some_and(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphabetic()));
+        .is_some_and(|p| (2..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphabetic()));
     primary_ok
         && subtags
             .all(|s| (1..=8).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()))

@@ -82,8 +82,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let message = strip_position(&inner.to_string());
+        // Deserialization stops at the first mismatch, which may come before a syntax error
+        // further on: malformed JSON must be reported as such whatever it contains.
+        let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
         match inner.classify() {
-            Category::Data => ApiError::validation(field_of(&path, &message), message),
+            Category::Data if well_formed => {
+                ApiError::validation(field_of(&path, &message), message)
+            }
             _ => ApiError::InvalidJson(message),
         }
     })?;

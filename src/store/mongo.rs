@@ -62,6 +62,10 @@ struct SessionDoc {
     /// A closed session ended at this instant.
     updated_at: BsonDateTime,
     last_seq: i64,
+    /// Written once by the create that inserted the document; tells that create apart from
+    /// every retry that found it.
+    #[serde(default)]
+    create_token: Option<String>,
 }
 
 /// What an append needs back from the session: its new seq and clock.
@@ -146,6 +150,14 @@ impl MongoStore {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+
+    async fn find_session(&self, id: &SessionId) -> Result<Option<SessionDoc>, StoreError> {
+        self.sessions
+            .find_one(doc! {"_id": id.as_str()})
+            .max_time(self.timeout)
+            .await
+            .map_err(classify)
     }
 
     /// Closes the client's connections.
@@ -253,6 +265,7 @@ fn open_statuses() -> Bson {
 impl SessionRepository for MongoStore {
     async fn create(&self, new: NewSession, now: Timestamp) -> Result<CreateOutcome, StoreError> {
         let session = new.into_session(now);
+        let token = uuid::Uuid::new_v4().simple().to_string();
         let on_insert = doc! {
             "status": session.status.as_str(),
             "language": session.language.as_ref().map(|l| l.as_str()),
@@ -260,27 +273,43 @@ impl SessionRepository for MongoStore {
             "startedAt": bson_time(session.started_at),
             "updatedAt": bson_time(session.updated_at),
             "lastSeq": 0_i64,
+            "createToken": &token,
         };
-        // An upsert whose filter is the unique key either inserts or matches in one atomic
-        // step; the document from before the update tells which happened. Two racing
-        // upserts can still surface a duplicate-key error, and the retry then matches.
+        // An upsert whose filter is the unique key inserts or matches in one atomic step.
+        // The stored document carries the token of the create that inserted it, so whether
+        // this call created it is read from the document itself. Two racing upserts can
+        // surface a duplicate-key error; the retry then matches.
         for _attempt in 0..2 {
-            let before = self
+            let stored = self
                 .sessions
                 .find_one_and_update(
                     doc! {"_id": session.session_id.as_str()},
                     doc! {"$setOnInsert": on_insert.clone()},
                 )
                 .upsert(true)
-                .return_document(ReturnDocument::Before)
+                .return_document(ReturnDocument::After)
                 .max_time(self.timeout)
                 .await;
-            match before {
-                Ok(None) => return Ok(CreateOutcome::Created(session)),
-                Ok(Some(stored)) => return Ok(CreateOutcome::Existing(stored.into_session()?)),
+            let stored = match stored {
+                Ok(Some(doc)) => doc,
+                // MongoDB always returns the document of an upsert asked for "after"; a
+                // server that answers nothing under a race is read back instead.
+                Ok(None) => self
+                    .find_session(&session.session_id)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::Backend("an upsert left no document behind".into())
+                    })?,
                 Err(e) if is_duplicate_key(&e) => continue,
                 Err(e) => return Err(classify(e)),
-            }
+            };
+            let created = stored.create_token.as_deref() == Some(token.as_str());
+            let stored = stored.into_session()?;
+            return Ok(if created {
+                CreateOutcome::Created(stored)
+            } else {
+                CreateOutcome::Existing(stored)
+            });
         }
         Err(StoreError::Backend(
             "create kept colliding on the session id".into(),
@@ -288,12 +317,7 @@ impl SessionRepository for MongoStore {
     }
 
     async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
-        let found = self
-            .sessions
-            .find_one(doc! {"_id": id.as_str()})
-            .max_time(self.timeout)
-            .await
-            .map_err(classify)?;
+        let found = self.find_session(id).await?;
         found.map(SessionDoc::into_session).transpose()
     }
 

@@ -1,0 +1,144 @@
+use std::sync::Arc;
+
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{on_both_stores, TestApp};
+
+on_both_stores!(
+    concurrent_identical_creates_give_one_201_and_200_for_the_rest,
+    concurrent_identical_appends_give_one_201_and_store_one_event,
+    concurrent_conflicting_appends_store_one_and_refuse_the_rest,
+    complete_racing_appends_never_accepts_an_event_after_the_end,
+);
+
+const PARALLEL: usize = 32;
+
+async fn concurrently(
+    app: &Arc<TestApp>,
+    requests: Vec<(String, Value)>,
+) -> Vec<(StatusCode, Value)> {
+    let calls = requests.into_iter().map(|(path, body)| {
+        let app = Arc::clone(app);
+        tokio::spawn(async move { app.post(&path, &body).await })
+    });
+    join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+fn count(results: &[(StatusCode, Value)], status: StatusCode) -> usize {
+    results.iter().filter(|(s, _)| *s == status).count()
+}
+
+async fn concurrent_identical_creates_give_one_201_and_200_for_the_rest(app: TestApp) {
+    let app = Arc::new(app);
+    let body = json!({"sessionId": "race", "language": "en", "metadata": {"k": "v"}});
+    let results = concurrently(&app, vec![("/sessions".to_owned(), body); PARALLEL]).await;
+    assert_eq!(count(&results, StatusCode::CREATED), 1, "{results:?}");
+    assert_eq!(count(&results, StatusCode::OK), PARALLEL - 1, "{results:?}");
+    let first = &results[0].1;
+    assert!(
+        results.iter().all(|(_, b)| b == first),
+        "every answer shows the one session"
+    );
+}
+
+async fn concurrent_identical_appends_give_one_201_and_store_one_event(app: TestApp) {
+    let app = Arc::new(app);
+    app.create_session("race").await;
+    let event = json!({"eventId": "e1", "type": "user_speech", "payload": {"text": "hi"}});
+    let results = concurrently(
+        &app,
+        vec![("/sessions/race/events".to_owned(), event); PARALLEL],
+    )
+    .await;
+    assert_eq!(count(&results, StatusCode::CREATED), 1, "{results:?}");
+    assert_eq!(count(&results, StatusCode::OK), PARALLEL - 1, "{results:?}");
+    let first = &results[0].1;
+    assert!(
+        results.iter().all(|(_, b)| b == first),
+        "every answer shows the one event"
+    );
+    let (_, page) = app.get("/sessions/race/events").await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+}
+
+async fn concurrent_conflicting_appends_store_one_and_refuse_the_rest(app: TestApp) {
+    let app = Arc::new(app);
+    app.create_session("race").await;
+    let requests = (0..PARALLEL)
+        .map(|i| {
+            let event = json!({"eventId": "e1", "type": "system", "payload": {"writer": i}});
+            ("/sessions/race/events".to_owned(), event)
+        })
+        .collect();
+    let results = concurrently(&app, requests).await;
+    assert_eq!(count(&results, StatusCode::CREATED), 1, "{results:?}");
+    assert_eq!(
+        count(&results, StatusCode::CONFLICT),
+        PARALLEL - 1,
+        "{results:?}"
+    );
+    let winner = &results
+        .iter()
+        .find(|(s, _)| *s == StatusCode::CREATED)
+        .unwrap()
+        .1;
+    for (status, body) in &results {
+        if *status == StatusCode::CONFLICT {
+            assert_eq!(body["error"]["code"], "event_conflict");
+            assert_eq!(&body["error"]["details"]["event"], winner);
+        }
+    }
+}
+
+async fn complete_racing_appends_never_accepts_an_event_after_the_end(app: TestApp) {
+    let app = Arc::new(app);
+    for round in 0..5 {
+        let session = format!("race-{round}");
+        app.create_session(&session).await;
+        let mut requests: Vec<(String, Value)> = (0..PARALLEL)
+            .map(|i| {
+                let event = json!({"eventId": format!("e{i}"), "type": "system"});
+                (format!("/sessions/{session}/events"), event)
+            })
+            .collect();
+        requests.insert(
+            PARALLEL / 2,
+            (format!("/sessions/{session}/complete"), json!({})),
+        );
+        let results = concurrently(&app, requests).await;
+        let accepted: Vec<&Value> = results
+            .iter()
+            .filter(|(s, b)| *s == StatusCode::CREATED && b.get("eventId").is_some())
+            .map(|(_, b)| b)
+            .collect();
+        for (status, body) in &results {
+            let ok = *status == StatusCode::CREATED
+                || *status == StatusCode::OK
+                || (*status == StatusCode::CONFLICT && body["error"]["code"] == "session_closed");
+            assert!(ok, "{status} {body}");
+        }
+        let (_, session_now) = app.get(&format!("/sessions/{session}")).await;
+        assert_eq!(session_now["status"], "completed");
+        let ended = session_now["endedAt"].as_str().unwrap().to_owned();
+        let stored = app.walk(&session, "limit=1000").await;
+        assert_eq!(
+            stored.len(),
+            accepted.len(),
+            "every 201 is stored, nothing else"
+        );
+        for event in &stored {
+            let received = event["receivedAt"].as_str().unwrap();
+            assert!(received <= ended.as_str(), "{received} after end {ended}");
+            assert!(
+                accepted.contains(&event),
+                "stored but not acknowledged: {event}"
+            );
+        }
+    }
+}

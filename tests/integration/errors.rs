@@ -1,0 +1,153 @@
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_error, on_both_stores, parts, TestApp};
+
+on_both_stores!(
+    a_body_without_json_content_type_is_unsupported_media_type,
+    malformed_json_is_invalid_json,
+    a_body_over_the_limit_is_payload_too_large,
+    unknown_routes_and_methods_get_json_errors,
+    request_ids_are_echoed_when_usable_and_generated_otherwise,
+    invalid_path_ids_are_validation_errors_naming_the_field,
+);
+
+async fn send(
+    app: &TestApp,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (StatusCode, Value) {
+    let mut request = app.client.post(app.url(path)).body(body.to_owned());
+    if let Some(ct) = content_type {
+        request = request.header("content-type", ct);
+    }
+    parts(request.send().await.unwrap()).await
+}
+
+async fn a_body_without_json_content_type_is_unsupported_media_type(app: TestApp) {
+    let body = r#"{"sessionId":"m1"}"#;
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let (status, response) = send(&app, "/sessions", content_type, body).await;
+        assert_error(status, &response, 415, "unsupported_media_type");
+    }
+    let accepted = [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+    ];
+    for (i, content_type) in accepted.into_iter().enumerate() {
+        let id = format!("m-{i}");
+        let (status, response) = send(
+            &app,
+            "/sessions",
+            Some(content_type),
+            &format!(r#"{{"sessionId":"{id}"}}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{content_type}: {response}");
+    }
+    let (status, response) = send(&app, "/sessions/m-0/complete", Some("text/plain"), "{}").await;
+    assert_error(status, &response, 415, "unsupported_media_type");
+}
+
+async fn malformed_json_is_invalid_json(app: TestApp) {
+    app.create_session("m2").await;
+    for body in [
+        "",
+        "{",
+        "{\"sessionId\": }",
+        "[1,",
+        "nul",
+        "{\"a\":1} {\"b\":2}",
+        "\u{feff}{}",
+    ] {
+        let (status, response) = send(&app, "/sessions", Some("application/json"), body).await;
+        assert_error(status, &response, 400, "invalid_json");
+        let (status, response) =
+            send(&app, "/sessions/m2/events", Some("application/json"), body).await;
+        assert_error(status, &response, 400, "invalid_json");
+    }
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let body = format!(r#"{{"eventId":"e","type":"t","payload":{{"a":{deep}}}}}"#);
+    let (status, response) =
+        send(&app, "/sessions/m2/events", Some("application/json"), &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{response}");
+}
+
+async fn a_body_over_the_limit_is_payload_too_large(app: TestApp) {
+    let padding = "x".repeat(256 * 1024);
+    let body = format!(r#"{{"sessionId":"m3","metadata":{{"p":"{padding}"}}}}"#);
+    let (status, response) = send(&app, "/sessions", Some("application/json"), &body).await;
+    let details = assert_error(status, &response, 413, "payload_too_large");
+    assert_eq!(details["limitBytes"], 256 * 1024);
+}
+
+async fn unknown_routes_and_methods_get_json_errors(app: TestApp) {
+    let (status, body) = app.get("/nothing/here").await;
+    assert_error(status, &body, 404, "not_found");
+    let (status, body) = app.get("/sessions").await;
+    assert_error(status, &body, 405, "method_not_allowed");
+    let response = app
+        .client
+        .delete(app.url("/sessions/x/events"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = parts(response).await;
+    assert_error(status, &body, 405, "method_not_allowed");
+}
+
+async fn request_ids_are_echoed_when_usable_and_generated_otherwise(app: TestApp) {
+    let echoed = app
+        .client
+        .get(app.url("/sessions/none"))
+        .header("x-request-id", "trace-42:abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-42:abc");
+    let (_, body) = parts(echoed).await;
+    assert_eq!(body["error"]["requestId"], "trace-42:abc");
+
+    for unusable in ["x".repeat(129), "has space".to_owned(), String::new()] {
+        let response = app
+            .client
+            .get(app.url("/sessions/none"))
+            .header("x-request-id", unusable.as_str())
+            .send()
+            .await
+            .unwrap();
+        let generated = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(!generated.is_empty() && generated != unusable);
+        let (_, body) = parts(response).await;
+        assert_eq!(body["error"]["requestId"], generated.as_str());
+    }
+    let ok = app.post_raw("/sessions", &json!({"sessionId": "m4"})).await;
+    assert!(ok.headers().contains_key("x-request-id"));
+}
+
+async fn invalid_path_ids_are_validation_errors_naming_the_field(app: TestApp) {
+    for path in [
+        "/sessions/a%20b",
+        "/sessions/%24where",
+        "/sessions/%7B%7D",
+        "/sessions/a%00b",
+        "/sessions/..%2F..%2Fetc",
+        &format!("/sessions/{}", "x".repeat(129)),
+    ] {
+        let (status, body) = app.get(path).await;
+        let details = assert_error(status, &body, 400, "validation_failed");
+        assert_eq!(details["field"], "sessionId", "{path}");
+    }
+    let (status, body) = app.get("/sessions/ok/events/a%2Fb").await;
+    let details = assert_error(status, &body, 400, "validation_failed");
+    assert_eq!(details["field"], "eventId");
+}

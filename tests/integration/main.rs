@@ -1,0 +1,14 @@
+//! Integration tests: the HTTP API on both stores, and the store contract.
+//!
+//! The MongoDB variants need `TEST_MONGO_URI`; `scripts/test.sh` installs and starts a
+//! MongoDB-wire server and sets it. Without it they fail, never skip.
+
+mod helpers;
+
+mod compose;
+mod concurrency;
+mod errors;
+mod events;
+mod pagination;
+mod sessions;
+mod store_contract;

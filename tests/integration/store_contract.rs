@@ -1,0 +1,283 @@
+//! One contract, two stores: the same functions run against the in-memory store and MongoDB
+//! so that the embedded store cannot drift from the real one.
+
+use std::sync::Arc;
+
+use conversation_sessions::domain::{
+    Event, EventId, EventPosition, EventType, FinalStatus, JsonObject, NewSession, Order,
+    SessionId, SessionStatus, Timestamp,
+};
+use conversation_sessions::store::{
+    CreateOutcome, EventPageQuery, EventRepository, MongoStore, PageStart, SessionRepository,
+    StoreError,
+};
+use serde_json::json;
+
+use crate::helpers::fresh_mongo_config;
+
+trait Store: SessionRepository + EventRepository {}
+impl<T: SessionRepository + EventRepository> Store for T {}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(std::sync::Arc::new(conversation_sessions::store::MemoryStore::default())).await
+                }
+            )*
+        }
+        mod mongo {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::mongo_store().await).await
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    create_stores_once_and_then_returns_the_stored_session,
+    reserve_seq_counts_up_and_advances_the_clock_monotonically,
+    reserve_seq_refuses_missing_and_closed_sessions,
+    close_ends_at_or_after_every_reservation_and_only_once,
+    insert_refuses_a_second_event_with_the_same_id,
+    events_are_scoped_to_their_session,
+    pages_order_by_timestamp_then_seq_in_both_directions,
+);
+
+async fn mongo_store() -> Arc<MongoStore> {
+    Arc::new(
+        MongoStore::connect(&fresh_mongo_config())
+            .await
+            .expect("MongoDB is reachable at TEST_MONGO_URI"),
+    )
+}
+
+fn sid(s: &str) -> SessionId {
+    SessionId::parse(s).unwrap()
+}
+
+fn new_session(id: &str, caller: &str) -> NewSession {
+    NewSession {
+        session_id: sid(id),
+        language: None,
+        metadata: JsonObject::parse("metadata", json!({"caller": caller}), 1024).unwrap(),
+        status: SessionStatus::Initiated,
+        started_at: None,
+    }
+}
+
+fn event(session: &str, id: &str, millis: i64, seq: i64) -> Event {
+    Event {
+        session_id: sid(session),
+        event_id: EventId::parse(id).unwrap(),
+        event_type: EventType::parse("system").unwrap(),
+        payload: JsonObject::parse("payload", json!({"id": id}), 1024).unwrap(),
+        timestamp: Timestamp::from_millis(millis),
+        seq,
+        received_at: Timestamp::from_millis(millis),
+    }
+}
+
+async fn create_stores_once_and_then_returns_the_stored_session(store: Arc<impl Store>) {
+    let now = Timestamp::from_millis(1_000);
+    let CreateOutcome::Created(created) = store.create(new_session("a", "x"), now).await.unwrap()
+    else {
+        panic!("first create must create");
+    };
+    assert_eq!(created.updated_at, now);
+    let later = Timestamp::from_millis(2_000);
+    match store
+        .create(new_session("a", "other"), later)
+        .await
+        .unwrap()
+    {
+        CreateOutcome::Existing(stored) => assert_eq!(stored, created),
+        CreateOutcome::Created(_) => panic!("second create must find the first"),
+    }
+    assert_eq!(
+        SessionRepository::get(&*store, &sid("a")).await.unwrap(),
+        Some(created)
+    );
+    assert_eq!(
+        SessionRepository::get(&*store, &sid("b")).await.unwrap(),
+        None
+    );
+}
+
+async fn reserve_seq_counts_up_and_advances_the_clock_monotonically(store: Arc<impl Store>) {
+    store
+        .create(new_session("a", "x"), Timestamp::from_millis(1_000))
+        .await
+        .unwrap();
+    let first = store
+        .reserve_seq(&sid("a"), Timestamp::from_millis(5_000))
+        .await
+        .unwrap()
+        .unwrap();
+    // An instance whose clock is behind cannot move the session's clock back.
+    let second = store
+        .reserve_seq(&sid("a"), Timestamp::from_millis(3_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second.seq > first.seq);
+    assert_eq!(first.received_at, Timestamp::from_millis(5_000));
+    assert_eq!(second.received_at, Timestamp::from_millis(5_000));
+    let session = SessionRepository::get(&*store, &sid("a"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.status, SessionStatus::Active);
+}
+
+async fn reserve_seq_refuses_missing_and_closed_sessions(store: Arc<impl Store>) {
+    let now = Timestamp::from_millis(1_000);
+    assert_eq!(store.reserve_seq(&sid("none"), now).await.unwrap(), None);
+    store.create(new_session("a", "x"), now).await.unwrap();
+    store
+        .close(&sid("a"), FinalStatus::Failed, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.reserve_seq(&sid("a"), now).await.unwrap(), None);
+}
+
+async fn close_ends_at_or_after_every_reservation_and_only_once(store: Arc<impl Store>) {
+    store
+        .create(new_session("a", "x"), Timestamp::from_millis(1_000))
+        .await
+        .unwrap();
+    let slot = store
+        .reserve_seq(&sid("a"), Timestamp::from_millis(9_000))
+        .await
+        .unwrap()
+        .unwrap();
+    let closed = store
+        .close(
+            &sid("a"),
+            FinalStatus::Completed,
+            Timestamp::from_millis(4_000),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.status, SessionStatus::Completed);
+    let ended = closed.ended_at.unwrap();
+    assert!(ended >= slot.received_at, "ended {ended:?} before {slot:?}");
+    assert_eq!(closed.updated_at, ended);
+    let again = store
+        .close(
+            &sid("a"),
+            FinalStatus::Completed,
+            Timestamp::from_millis(99_000),
+        )
+        .await;
+    assert!(again.unwrap().is_none());
+    let stored = SessionRepository::get(&*store, &sid("a"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, closed);
+    assert!(store
+        .close(&sid("none"), FinalStatus::Completed, ended)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn insert_refuses_a_second_event_with_the_same_id(store: Arc<impl Store>) {
+    store
+        .create(new_session("a", "x"), Timestamp::from_millis(1))
+        .await
+        .unwrap();
+    let original = event("a", "e1", 10, 1);
+    store.insert(&original).await.unwrap();
+    let clash = event("a", "e1", 20, 2);
+    assert!(matches!(
+        store.insert(&clash).await,
+        Err(StoreError::Duplicate)
+    ));
+    let e1 = EventId::parse("e1").unwrap();
+    let stored = EventRepository::get(&*store, &sid("a"), &e1).await.unwrap();
+    assert_eq!(stored, Some(original));
+}
+
+async fn events_are_scoped_to_their_session(store: Arc<impl Store>) {
+    for s in ["a", "b"] {
+        store
+            .create(new_session(s, "x"), Timestamp::from_millis(1))
+            .await
+            .unwrap();
+    }
+    store.insert(&event("a", "e1", 10, 1)).await.unwrap();
+    store.insert(&event("b", "e1", 10, 1)).await.unwrap();
+    let query = EventPageQuery {
+        order: Order::Asc,
+        start: PageStart::First,
+        limit: 10,
+    };
+    let page = store.page(&sid("b"), &query).await.unwrap();
+    assert_eq!(page, vec![event("b", "e1", 10, 1)]);
+    assert!(store.page(&sid("c"), &query).await.unwrap().is_empty());
+}
+
+async fn pages_order_by_timestamp_then_seq_in_both_directions(store: Arc<impl Store>) {
+    store
+        .create(new_session("a", "x"), Timestamp::from_millis(1))
+        .await
+        .unwrap();
+    // Inserted out of order; three share timestamp 20.
+    let events = [
+        event("a", "e5", 30, 5),
+        event("a", "e2", 20, 2),
+        event("a", "e1", 40, 1),
+        event("a", "e4", 20, 4),
+        event("a", "e3", 20, 3),
+        event("a", "e6", 10, 6),
+    ];
+    for e in &events {
+        store.insert(e).await.unwrap();
+    }
+    let ids = |page: Vec<Event>| -> Vec<String> {
+        page.into_iter().map(|e| e.event_id.to_string()).collect()
+    };
+    let query = |order, start, limit| EventPageQuery {
+        order,
+        start,
+        limit,
+    };
+    let all = store
+        .page(&sid("a"), &query(Order::Asc, PageStart::First, 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(all), ["e6", "e2", "e3", "e4", "e5", "e1"]);
+    let tie = EventPosition {
+        timestamp: Timestamp::from_millis(20),
+        seq: 3,
+    };
+    let after = store
+        .page(&sid("a"), &query(Order::Asc, PageStart::After(tie), 2))
+        .await;
+    assert_eq!(ids(after.unwrap()), ["e4", "e5"]);
+    let before = store
+        .page(&sid("a"), &query(Order::Desc, PageStart::After(tie), 10))
+        .await;
+    assert_eq!(ids(before.unwrap()), ["e2", "e6"]);
+    let desc = store
+        .page(&sid("a"), &query(Order::Desc, PageStart::First, 3))
+        .await;
+    assert_eq!(ids(desc.unwrap()), ["e1", "e5", "e4"]);
+    let offset = store
+        .page(&sid("a"), &query(Order::Asc, PageStart::Offset(4), 10))
+        .await;
+    assert_eq!(ids(offset.unwrap()), ["e5", "e1"]);
+    let offset_desc = store
+        .page(&sid("a"), &query(Order::Desc, PageStart::Offset(5), 10))
+        .await;
+    assert_eq!(ids(offset_desc.unwrap()), ["e6"]);
+}
