@@ -9,6 +9,7 @@ mod compose;
 mod concurrency;
 mod errors;
 mod events;
+mod outage;
 mod pagination;
 mod sessions;
 mod store_contract;

@@ -1,0 +1,97 @@
+//! A MongoDB that goes away turns requests into fast 503 `unavailable`, never hangs.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use conversation_sessions::store::mongo::MongoConfig;
+use serde_json::json;
+
+use crate::helpers::{assert_error, spawn_app_with, Backend};
+
+/// A test server of this test's own, so that stopping it harms no other test.
+struct OwnServer {
+    child: Child,
+    dir: std::path::PathBuf,
+    uri: String,
+}
+
+impl OwnServer {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(format!("outage-{}", uuid::Uuid::new_v4().simple()));
+        let child = Command::new("secantusd-rs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--storage-path")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("secantusd-rs runs (./scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the test server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            dir,
+            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+mod mongo {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_fail_fast_with_503_when_the_database_is_gone() {
+        super::requests_fail_fast_with_503_when_the_database_is_gone().await
+    }
+}
+
+async fn requests_fail_fast_with_503_when_the_database_is_gone() {
+    let mut server = OwnServer::start();
+    let uri = server.uri.clone();
+    let app = spawn_app_with(Backend::Mongo, |config| {
+        config.mongo = Some(MongoConfig {
+            uri,
+            db_name: Some("outage".to_owned()),
+            timeout: Duration::from_millis(500),
+            max_pool_size: None,
+        });
+    })
+    .await;
+    app.create_session("before").await;
+    server.kill();
+
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, body) = app
+            .post(
+                "/sessions/before/events",
+                &json!({"eventId": "e1", "type": "system"}),
+            )
+            .await;
+        let elapsed = started.elapsed();
+        assert_error(status, &body, 503, "unavailable");
+        assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+        let (status, body) = app.post("/sessions", &json!({"sessionId": "during"})).await;
+        assert_error(status, &body, 503, "unavailable");
+        let (status, body) = app.get("/sessions/before/events").await;
+        assert_error(status, &body, 503, "unavailable");
+    }
+}
