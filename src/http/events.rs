@@ -4,17 +4,18 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath, QueryParams};
+use super::extract::{from_value, ApiJson, ApiPath, QueryParams};
 use super::written;
 use crate::app::AppState;
 use crate::domain::{
-    EventId, EventType, JsonObject, NewEvent, Order, SessionId, Timestamp, MAX_PAYLOAD_BYTES,
+    Event, EventId, EventType, JsonObject, NewEvent, Order, SessionId, Timestamp, ValidationError,
+    MAX_PAYLOAD_BYTES,
 };
-use crate::service::{PagePosition, PageRequest};
+use crate::service::{BatchItem, PagePosition, PageRequest};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
@@ -23,6 +24,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/sessions/{session_id}/events", post(append).get(list))
         .route("/sessions/{session_id}/events/{event_id}", get(read))
+        .route("/sessions/{session_id}/events:batch", post(append_batch))
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,7 +38,7 @@ struct AppendEventBody {
 }
 
 impl AppendEventBody {
-    fn parse(self) -> Result<NewEvent, ApiError> {
+    fn parse(self) -> Result<NewEvent, ValidationError> {
         Ok(NewEvent {
             event_id: EventId::parse(self.event_id)?,
             event_type: EventType::parse(self.event_type)?,
@@ -62,6 +64,76 @@ async fn append(
     Ok(written(written_event, |e| {
         format!("/sessions/{}/events/{}", e.session_id, e.event_id)
     }))
+}
+
+const MAX_BATCH: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    /// Kept as raw JSON so that one malformed item fails alone.
+    events: Vec<Value>,
+}
+
+/// One item's outcome, in request order.
+#[derive(Debug, Serialize)]
+struct BatchResult {
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<Event>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Value>,
+}
+
+impl From<BatchItem> for BatchResult {
+    fn from(item: BatchItem) -> Self {
+        let (status, event, error) = match item {
+            BatchItem::Created(e) => (201, Some(e), None),
+            BatchItem::Existing(e) => (200, Some(e), None),
+            BatchItem::Conflict(stored) => (
+                409,
+                None,
+                Some(json!({
+                    "code": "event_conflict",
+                    "message": "the eventId exists with different content",
+                    "details": {"event": stored},
+                })),
+            ),
+            BatchItem::Invalid(invalid) => (
+                400,
+                None,
+                Some(json!({
+                    "code": "validation_failed",
+                    "message": invalid.message,
+                    "details": {"field": invalid.field},
+                })),
+            ),
+        };
+        Self {
+            status,
+            event,
+            error,
+        }
+    }
+}
+
+async fn append_batch(
+    State(state): State<AppState>,
+    ApiPath(session_id): ApiPath<String>,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<Response, ApiError> {
+    let session = SessionId::parse(session_id)?;
+    if !(1..=MAX_BATCH).contains(&body.events.len()) {
+        return Err(ApiError::validation("events", "must hold 1 to 500 events"));
+    }
+    let items = body
+        .events
+        .into_iter()
+        .map(|item| from_value::<AppendEventBody>(item).and_then(AppendEventBody::parse))
+        .collect();
+    let outcomes = state.events.append_batch(&session, items).await?;
+    let results: Vec<BatchResult> = outcomes.into_iter().map(BatchResult::from).collect();
+    Ok(Json(json!({ "results": results })).into_response())
 }
 
 async fn read(

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use super::error::ApiError;
+use crate::domain::ValidationError;
 
 /// A JSON body, required, with `Content-Type: application/json`.
 pub struct ApiJson<T>(pub T);
@@ -95,6 +96,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     de.end()
         .map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
     Ok(value)
+}
+
+/// Reads an already parsed JSON value into `T`, naming the field of the first mismatch.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ValidationError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let message = strip_position(&err.into_inner().to_string());
+        ValidationError::new(field_of(&path, &message), message)
+    })
 }
 
 /// serde_json appends "at line L column C"; the field name says more to a client.

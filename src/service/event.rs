@@ -1,7 +1,10 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Page, ServiceError, Written};
-use crate::domain::{Cursor, Event, EventId, NewEvent, Order, SessionId, Timestamp};
+use super::{BatchItem, Page, ServiceError, Written};
+use crate::domain::{
+    Cursor, Event, EventId, NewEvent, Order, SessionId, Timestamp, ValidationError,
+};
 use crate::store::{EventPageQuery, EventRepository, PageStart, SessionRepository, StoreError};
 
 /// Where a requested page starts, as the client asked for it.
@@ -45,12 +48,16 @@ impl EventService {
         session: &SessionId,
         new: NewEvent,
     ) -> Result<Written<Event>, ServiceError> {
-        let Some(slot) = self.sessions.reserve_seq(session, Timestamp::now()).await? else {
+        let reserved = self
+            .sessions
+            .reserve_seqs(session, 1, Timestamp::now())
+            .await?;
+        let Some(slot) = reserved else {
             return self.append_to_unavailable_session(session, &new).await;
         };
         let event = new
             .clone()
-            .into_event(session.clone(), slot.seq, slot.received_at);
+            .into_event(session.clone(), slot.first_seq, slot.received_at);
         match self.events.insert(&event).await {
             Ok(()) => Ok(Written::Created(event)),
             Err(StoreError::Duplicate) => self.replay(session, &new).await,
@@ -64,13 +71,96 @@ impl EventService {
         session: &SessionId,
         new: &NewEvent,
     ) -> Result<Written<Event>, ServiceError> {
-        let Some(stored_session) = self.sessions.get(session).await? else {
-            return Err(ServiceError::SessionNotFound(session.clone()));
-        };
+        let refusal = self.refusal(session).await;
         match self.events.get(session, &new.event_id).await? {
             Some(stored) => compare(new, stored),
-            None => Err(ServiceError::SessionClosed(Box::new(stored_session))),
+            None => Err(refusal),
         }
+    }
+
+    /// Fails unless the session exists and is open.
+    async fn require_open(&self, session: &SessionId) -> Result<(), ServiceError> {
+        match self.sessions.get(session).await? {
+            None => Err(ServiceError::SessionNotFound(session.clone())),
+            Some(s) if !s.status.is_open() => Err(ServiceError::SessionClosed(Box::new(s))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Why a session refused a reservation: it is missing or closed.
+    async fn refusal(&self, session: &SessionId) -> ServiceError {
+        match self.require_open(session).await {
+            Err(refusal) => refusal,
+            Ok(()) => StoreError::Backend("an open session refused a reservation".into()).into(),
+        }
+    }
+
+    /// Appends many events with one reservation and one bulk insert. Each item is judged by
+    /// the single-event rules; accepted items get seqs rising in request order. A missing or
+    /// closed session fails the whole batch.
+    #[tracing::instrument(skip_all, fields(session_id = %session, items = items.len()))]
+    pub async fn append_batch(
+        &self,
+        session: &SessionId,
+        items: Vec<Result<NewEvent, ValidationError>>,
+    ) -> Result<Vec<BatchItem>, ServiceError> {
+        let valid: Vec<&NewEvent> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
+        if valid.is_empty() {
+            self.require_open(session).await?;
+            return Ok(items
+                .into_iter()
+                .filter_map(Result::err)
+                .map(BatchItem::Invalid)
+                .collect());
+        }
+        let count = u32::try_from(valid.len()).unwrap_or(u32::MAX);
+        let reserved = self
+            .sessions
+            .reserve_seqs(session, count, Timestamp::now())
+            .await?;
+        let Some(slot) = reserved else {
+            return Err(self.refusal(session).await);
+        };
+        let events: Vec<Event> = (slot.first_seq..)
+            .zip(valid)
+            .map(|(seq, new)| {
+                new.clone()
+                    .into_event(session.clone(), seq, slot.received_at)
+            })
+            .collect();
+        let inserted = self.events.insert_many(&events).await?;
+        let clashes: Vec<EventId> = events
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, stored)| !**stored)
+            .map(|(e, _)| e.event_id.clone())
+            .collect();
+        let stored: HashMap<EventId, Event> = match clashes.is_empty() {
+            true => HashMap::new(),
+            false => self
+                .events
+                .get_many(session, &clashes)
+                .await?
+                .into_iter()
+                .map(|e| (e.event_id.clone(), e))
+                .collect(),
+        };
+        let mut accepted = events.into_iter().zip(inserted);
+        items
+            .into_iter()
+            .map(|item| match item {
+                Err(invalid) => Ok(BatchItem::Invalid(invalid)),
+                Ok(new) => match accepted.next() {
+                    Some((event, true)) => Ok(BatchItem::Created(event)),
+                    Some((_, false)) => match stored.get(&new.event_id) {
+                        Some(s) if new.matches(s) => Ok(BatchItem::Existing(s.clone())),
+                        Some(s) => Ok(BatchItem::Conflict(s.clone())),
+                        None => Err(vanished()),
+                    },
+                    None => Err(vanished()),
+                },
+            })
+            .collect()
     }
 
     async fn replay(
@@ -80,8 +170,6 @@ impl EventService {
     ) -> Result<Written<Event>, ServiceError> {
         match self.events.get(session, &new.event_id).await? {
             Some(stored) => compare(new, stored),
-            // The duplicate-key error proves the event exists; not finding it means the
-            // store lost it in between, which only an erasure can do.
             None => {
                 Err(StoreError::Backend("event vanished after a duplicate-key error".into()).into())
             }
@@ -142,6 +230,12 @@ impl EventService {
             has_more,
         })
     }
+}
+
+/// The duplicate-key error proved the event exists; not finding it means it was erased in
+/// between.
+fn vanished() -> ServiceError {
+    StoreError::Backend("event vanished after a duplicate-key error".into()).into()
 }
 
 fn compare(new: &NewEvent, stored: Event) -> Result<Written<Event>, ServiceError> {

@@ -8,7 +8,7 @@ pub use session::SessionService;
 
 use serde::Serialize;
 
-use crate::domain::{CursorError, Event, Session, SessionId};
+use crate::domain::{CursorError, Event, Session, SessionId, ValidationError};
 use crate::store::StoreError;
 
 /// Whether a write stored something new or found its retry already stored.
@@ -17,6 +17,17 @@ pub enum Written<T> {
     Created(T),
     /// An identical earlier request already stored this; nothing changed.
     Existing(T),
+}
+
+/// What became of one item of a batch append.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchItem {
+    Created(Event),
+    /// A replay of a stored event.
+    Existing(Event),
+    /// The eventId is stored with other content; this is the stored event.
+    Conflict(Event),
+    Invalid(ValidationError),
 }
 
 /// One page of a listing.

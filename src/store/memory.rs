@@ -30,6 +30,19 @@ struct SessionEntry {
     timeline: BTreeMap<EventPosition, Arc<Event>>,
 }
 
+impl SessionEntry {
+    /// Stores the event unless its id is taken; the unique index of the in-memory store.
+    fn insert(&mut self, event: &Event) -> bool {
+        if self.by_id.contains_key(&event.event_id) {
+            return false;
+        }
+        let event = Arc::new(event.clone());
+        self.timeline.insert(event.position(), Arc::clone(&event));
+        self.by_id.insert(event.event_id.clone(), event);
+        true
+    }
+}
+
 type Shard = RwLock<HashMap<SessionId, Arc<Mutex<SessionEntry>>>>;
 
 /// Sessions and events in memory, for development and tests. Nothing survives a restart.
@@ -105,20 +118,22 @@ impl SessionRepository for MemoryStore {
         self.with_entry(id, |e| e.session.clone())
     }
 
-    async fn reserve_seq(
+    async fn reserve_seqs(
         &self,
         id: &SessionId,
+        count: u32,
         now: Timestamp,
     ) -> Result<Option<Reservation>, StoreError> {
         let reserved = self.with_entry(id, |e| {
             if !e.session.status.is_open() {
                 return None;
             }
-            e.last_seq += 1;
+            let first_seq = e.last_seq + 1;
+            e.last_seq += i64::from(count);
             e.session.status = SessionStatus::Active;
             e.session.updated_at = e.session.updated_at.max(now);
             Some(Reservation {
-                seq: e.last_seq,
+                first_seq,
                 received_at: e.session.updated_at,
             })
         })?;
@@ -147,16 +162,37 @@ impl SessionRepository for MemoryStore {
 #[async_trait]
 impl EventRepository for MemoryStore {
     async fn insert(&self, event: &Event) -> Result<(), StoreError> {
-        let inserted = self.with_entry(&event.session_id, |e| {
-            if e.by_id.contains_key(&event.event_id) {
-                return Err(StoreError::Duplicate);
-            }
-            let event = Arc::new(event.clone());
-            e.timeline.insert(event.position(), Arc::clone(&event));
-            e.by_id.insert(event.event_id.clone(), event);
-            Ok(())
+        match self
+            .insert_many(std::slice::from_ref(event))
+            .await?
+            .as_slice()
+        {
+            [true] => Ok(()),
+            _ => Err(StoreError::Duplicate),
+        }
+    }
+
+    async fn insert_many(&self, events: &[Event]) -> Result<Vec<bool>, StoreError> {
+        let Some(first) = events.first() else {
+            return Ok(Vec::new());
+        };
+        let inserted = self.with_entry(&first.session_id, |e| {
+            events.iter().map(|event| e.insert(event)).collect()
         })?;
-        inserted.unwrap_or_else(|| Err(StoreError::Backend("event for an unknown session".into())))
+        inserted.ok_or_else(|| StoreError::Backend("events for an unknown session".into()))
+    }
+
+    async fn get_many(
+        &self,
+        session: &SessionId,
+        ids: &[EventId],
+    ) -> Result<Vec<Event>, StoreError> {
+        let found = self.with_entry(session, |e| {
+            ids.iter()
+                .filter_map(|id| e.by_id.get(id).map(|ev| Event::clone(ev)))
+                .collect()
+        })?;
+        Ok(found.unwrap_or_default())
     }
 
     async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError> {

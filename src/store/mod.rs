@@ -42,10 +42,11 @@ pub enum CreateOutcome {
     Existing(Session),
 }
 
-/// A slot in an open session's timeline, taken atomically with the open-status check.
+/// Consecutive slots in an open session's timeline, taken atomically with the open-status
+/// check: `first_seq`, `first_seq + 1`, ... for as many as were asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
-    pub seq: i64,
+    pub first_seq: i64,
     /// The session's clock after the reservation: never earlier than any previous receive time,
     /// so a later close always ends at or after it.
     pub received_at: Timestamp,
@@ -78,11 +79,12 @@ pub trait SessionRepository: Send + Sync {
 
     async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
 
-    /// Takes the next seq of an open session, marks it active and advances its clock to at
-    /// least `now`. `None` when the session is missing or closed.
-    async fn reserve_seq(
+    /// Takes the next `count` seqs of an open session, marks it active and advances its clock
+    /// to at least `now`. `None` when the session is missing or closed.
+    async fn reserve_seqs(
         &self,
         id: &SessionId,
+        count: u32,
         now: Timestamp,
     ) -> Result<Option<Reservation>, StoreError>;
 
@@ -102,7 +104,19 @@ pub trait EventRepository: Send + Sync {
     /// Stores the event, or fails with [`StoreError::Duplicate`] when its eventId is taken.
     async fn insert(&self, event: &Event) -> Result<(), StoreError>;
 
+    /// Stores what it can of `events` in one bulk write. For each event, in order: `true`
+    /// when stored, `false` when its eventId was taken (by an earlier event of the same call
+    /// too). Any other failure fails the call; some events may then be stored already.
+    async fn insert_many(&self, events: &[Event]) -> Result<Vec<bool>, StoreError>;
+
     async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError>;
+
+    /// The stored events of `session` among `ids`, in no particular order.
+    async fn get_many(
+        &self,
+        session: &SessionId,
+        ids: &[EventId],
+    ) -> Result<Vec<Event>, StoreError>;
 
     /// One page of the session's events; empty for an unknown session.
     async fn page(

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime as BsonDateTime, Document};
-use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
+use mongodb::error::{Error as MongoError, ErrorKind, InsertManyError, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,7 @@ use crate::domain::{
 
 const DEFAULT_DB_NAME: &str = "conversation";
 const DUPLICATE_KEY: i32 = 11000;
+const SEQ_INDEX: &str = "session_seq";
 
 /// Server error codes that mean "not now" rather than "never": elections, shutdowns,
 /// network trouble and operations that ran out of time.
@@ -140,7 +141,7 @@ impl MongoStore {
                     "session_event_id",
                     true,
                 ),
-                index(doc! {"sessionId": 1, "seq": 1}, "session_seq", true),
+                index(doc! {"sessionId": 1, "seq": 1}, SEQ_INDEX, true),
                 index(
                     doc! {"sessionId": 1, "timestamp": 1, "seq": 1},
                     "session_timeline",
@@ -178,10 +179,16 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("stored document does not parse: {what}").into())
 }
 
+/// A duplicate key on anything but the seq index, which only a store whose `lastSeq` went
+/// backwards could hit, and which must not pass for a replay.
+fn is_event_id_clash(code: i32, message: &str) -> bool {
+    code == DUPLICATE_KEY && !message.contains(SEQ_INDEX)
+}
+
 fn is_duplicate_key(err: &MongoError) -> bool {
     match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        ErrorKind::Write(WriteFailure::WriteError(e)) => is_event_id_clash(e.code, &e.message),
+        ErrorKind::Command(e) => is_event_id_clash(e.code, &e.message),
         _ => false,
     }
 }
@@ -321,9 +328,10 @@ impl SessionRepository for MongoStore {
         found.map(SessionDoc::into_session).transpose()
     }
 
-    async fn reserve_seq(
+    async fn reserve_seqs(
         &self,
         id: &SessionId,
+        count: u32,
         now: Timestamp,
     ) -> Result<Option<Reservation>, StoreError> {
         let reserved = self
@@ -332,7 +340,7 @@ impl SessionRepository for MongoStore {
             .find_one_and_update(
                 doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}},
                 doc! {
-                    "$inc": {"lastSeq": 1_i64},
+                    "$inc": {"lastSeq": i64::from(count)},
                     "$set": {"status": SessionStatus::Active.as_str()},
                     "$max": {"updatedAt": bson_time(now)},
                 },
@@ -343,7 +351,7 @@ impl SessionRepository for MongoStore {
             .await
             .map_err(classify)?;
         Ok(reserved.map(|r| Reservation {
-            seq: r.last_seq,
+            first_seq: r.last_seq - i64::from(count) + 1,
             received_at: time_of(r.updated_at),
         }))
     }
@@ -379,6 +387,54 @@ impl EventRepository for MongoStore {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+
+    async fn insert_many(&self, events: &[Event]) -> Result<Vec<bool>, StoreError> {
+        let mut inserted = vec![true; events.len()];
+        if events.is_empty() {
+            return Ok(inserted);
+        }
+        let docs = events.iter().map(EventDoc::from_event);
+        // Unordered: every event is tried, and each duplicate comes back with its index.
+        let Err(err) = self.events.insert_many(docs).ordered(false).await else {
+            return Ok(inserted);
+        };
+        let ErrorKind::InsertMany(InsertManyError {
+            write_errors: Some(errors),
+            write_concern_error: None,
+            ..
+        }) = err.kind.as_ref()
+        else {
+            return Err(classify(err));
+        };
+        if !errors.iter().all(|w| is_event_id_clash(w.code, &w.message)) {
+            return Err(classify(err));
+        }
+        for clash in errors {
+            if let Some(slot) = inserted.get_mut(clash.index) {
+                *slot = false;
+            }
+        }
+        Ok(inserted)
+    }
+
+    async fn get_many(
+        &self,
+        session: &SessionId,
+        ids: &[EventId],
+    ) -> Result<Vec<Event>, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(EventId::as_str).collect();
+        let docs: Vec<EventDoc> = self
+            .events
+            .find(doc! {"sessionId": session.as_str(), "eventId": {"$in": ids}})
+            .projection(doc! {"_id": 0})
+            .max_time(self.timeout)
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        docs.into_iter().map(EventDoc::into_event).collect()
     }
 
     async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError> {

@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod batch;
 mod compose;
 mod concurrency;
 mod errors;

@@ -115,17 +115,17 @@ async fn reserve_seq_counts_up_and_advances_the_clock_monotonically(store: Arc<i
         .await
         .unwrap();
     let first = store
-        .reserve_seq(&sid("a"), Timestamp::from_millis(5_000))
+        .reserve_seqs(&sid("a"), 1, Timestamp::from_millis(5_000))
         .await
         .unwrap()
         .unwrap();
     // An instance whose clock is behind cannot move the session's clock back.
     let second = store
-        .reserve_seq(&sid("a"), Timestamp::from_millis(3_000))
+        .reserve_seqs(&sid("a"), 1, Timestamp::from_millis(3_000))
         .await
         .unwrap()
         .unwrap();
-    assert!(second.seq > first.seq);
+    assert!(second.first_seq > first.first_seq);
     assert_eq!(first.received_at, Timestamp::from_millis(5_000));
     assert_eq!(second.received_at, Timestamp::from_millis(5_000));
     let session = SessionRepository::get(&*store, &sid("a"))
@@ -137,14 +137,17 @@ async fn reserve_seq_counts_up_and_advances_the_clock_monotonically(store: Arc<i
 
 async fn reserve_seq_refuses_missing_and_closed_sessions(store: Arc<impl Store>) {
     let now = Timestamp::from_millis(1_000);
-    assert_eq!(store.reserve_seq(&sid("none"), now).await.unwrap(), None);
+    assert_eq!(
+        store.reserve_seqs(&sid("none"), 1, now).await.unwrap(),
+        None
+    );
     store.create(new_session("a", "x"), now).await.unwrap();
     store
         .close(&sid("a"), FinalStatus::Failed, now)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(store.reserve_seq(&sid("a"), now).await.unwrap(), None);
+    assert_eq!(store.reserve_seqs(&sid("a"), 1, now).await.unwrap(), None);
 }
 
 async fn close_ends_at_or_after_every_reservation_and_only_once(store: Arc<impl Store>) {
@@ -153,7 +156,7 @@ async fn close_ends_at_or_after_every_reservation_and_only_once(store: Arc<impl 
         .await
         .unwrap();
     let slot = store
-        .reserve_seq(&sid("a"), Timestamp::from_millis(9_000))
+        .reserve_seqs(&sid("a"), 1, Timestamp::from_millis(9_000))
         .await
         .unwrap()
         .unwrap();
