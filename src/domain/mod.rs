@@ -8,7 +8,7 @@ mod language;
 mod session;
 mod time;
 
-pub use cursor::{Cursor, CursorError, Order};
+pub use cursor::{Cursor, CursorError, CursorKey, Order};
 pub use event::{Event, EventPosition, EventType, NewEvent};
 pub use ids::{EventId, SessionId};
 pub use json::JsonObject;

@@ -16,6 +16,7 @@ use crate::domain::{
     MAX_PAYLOAD_BYTES,
 };
 use crate::service::{BatchItem, PagePosition, PageRequest};
+use crate::store::EventFilter;
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
@@ -156,8 +157,13 @@ async fn list(
     Ok(Json(state.events.page(&session, &request).await?).into_response())
 }
 
-/// Reads `limit`, `order`, `cursor` and `page` from the query string.
-pub(super) fn page_request(query: &mut QueryParams) -> Result<PageRequest, ApiError> {
+const MAX_TYPES: usize = 20;
+
+/// Reads `limit` (default 50, at most 1000) and `order` (default `default_order`).
+pub(super) fn limit_and_order(
+    query: &mut QueryParams,
+    default_order: Order,
+) -> Result<(usize, Order), ApiError> {
     let limit = match query.take("limit")? {
         None => DEFAULT_LIMIT,
         Some(raw) => raw
@@ -167,10 +173,27 @@ pub(super) fn page_request(query: &mut QueryParams) -> Result<PageRequest, ApiEr
             .ok_or_else(|| ApiError::validation("limit", "must be an integer from 1 to 1000"))?,
     };
     let order = match query.take("order")? {
-        None => Order::Asc,
+        None => default_order,
         Some(raw) => Order::parse(&raw)
             .ok_or_else(|| ApiError::validation("order", "must be \"asc\" or \"desc\""))?,
     };
+    Ok((limit, order))
+}
+
+/// Reads an optional RFC 3339 time parameter.
+pub(super) fn time_param(
+    query: &mut QueryParams,
+    name: &str,
+) -> Result<Option<Timestamp>, ApiError> {
+    Ok(query
+        .take(name)?
+        .map(|raw| Timestamp::parse(name, &raw))
+        .transpose()?)
+}
+
+/// Reads the paging and filter parameters of an event listing.
+pub(super) fn page_request(query: &mut QueryParams) -> Result<PageRequest, ApiError> {
+    let (limit, order) = limit_and_order(query, Order::Asc)?;
     let position = match (query.take("cursor")?, query.take("page")?) {
         (Some(_), Some(_)) => {
             return Err(ApiError::validation(
@@ -189,9 +212,55 @@ pub(super) fn page_request(query: &mut QueryParams) -> Result<PageRequest, ApiEr
         ),
         (None, None) => PagePosition::First,
     };
+    let after_seq = query
+        .take("afterSeq")?
+        .map(|raw| {
+            raw.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::validation("afterSeq", "must be an integer of 0 or more"))
+        })
+        .transpose()?;
+    if after_seq.is_some() && order == Order::Desc {
+        return Err(ApiError::validation(
+            "order",
+            "afterSeq lists in ascending seq order only",
+        ));
+    }
+    if after_seq.is_some() && matches!(position, PagePosition::Page(_)) {
+        return Err(ApiError::validation(
+            "page",
+            "cannot be combined with afterSeq",
+        ));
+    }
+    let filter = event_filter(query)?;
     Ok(PageRequest {
         order,
         limit,
         position,
+        filter,
+        after_seq,
     })
+}
+
+fn event_filter(query: &mut QueryParams) -> Result<EventFilter, ApiError> {
+    let types = query.take_all("type");
+    if types.len() > MAX_TYPES {
+        return Err(ApiError::validation(
+            "type",
+            "may be given at most 20 times",
+        ));
+    }
+    let types = types
+        .into_iter()
+        .map(EventType::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    let from = time_param(query, "from")?;
+    let to = time_param(query, "to")?;
+    if let (Some(from), Some(to)) = (from, to) {
+        if from >= to {
+            return Err(ApiError::validation("to", "must be later than from"));
+        }
+    }
+    Ok(EventFilter { types, from, to })
 }

@@ -167,6 +167,18 @@ impl QueryParams {
         taken.into_iter().map(|(_, v)| v).collect()
     }
 
+    /// Every parameter whose name starts with `prefix`, as (rest of the name, value).
+    pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, String)> {
+        let (taken, rest) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(k, _)| k.starts_with(prefix));
+        self.0 = rest;
+        taken
+            .into_iter()
+            .map(|(k, v)| (k[prefix.len()..].to_owned(), v))
+            .collect()
+    }
+
     /// Fails on the first parameter nobody took.
     pub fn finish(self) -> Result<(), ApiError> {
         match self.0.into_iter().next() {

@@ -8,20 +8,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::events::page_request;
+use super::events::{limit_and_order, page_request, time_param};
 use super::extract::{ApiJson, ApiPath, OptionalJson, QueryParams};
 use super::written;
 use crate::app::AppState;
-use crate::domain::Event;
 use crate::domain::{
-    FinalStatus, JsonObject, Language, NewSession, Session, SessionId, SessionStatus, Timestamp,
-    MAX_METADATA_BYTES,
+    Event, FinalStatus, JsonObject, Language, NewSession, Order, Session, SessionId, SessionStatus,
+    Timestamp, MAX_METADATA_BYTES,
 };
-use crate::service::Page;
+use crate::service::{Page, SessionListRequest};
+use crate::store::SessionFilter;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/sessions", post(create))
+        .route("/sessions", post(create).get(list))
         .route("/sessions/{session_id}", get(read))
         .route("/sessions/{session_id}/complete", post(complete))
 }
@@ -60,6 +60,65 @@ impl CreateSessionBody {
                 .transpose()?,
         })
     }
+}
+
+const MAX_METADATA_FILTERS: usize = 5;
+
+async fn list(State(state): State<AppState>, mut query: QueryParams) -> Result<Response, ApiError> {
+    let (limit, order) = limit_and_order(&mut query, Order::Desc)?;
+    let cursor = query.take("cursor")?;
+    let statuses = query
+        .take_all("status")
+        .iter()
+        .map(|raw| {
+            SessionStatus::parse(raw).ok_or_else(|| {
+                ApiError::validation("status", "must be initiated, active, completed or failed")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let language = query.take("language")?.map(Language::parse).transpose()?;
+    let started_after = time_param(&mut query, "startedAfter")?;
+    let started_before = time_param(&mut query, "startedBefore")?;
+    let metadata = metadata_filters(query.take_prefixed("metadata."))?;
+    query.finish()?;
+    let filter = SessionFilter {
+        statuses,
+        language,
+        started_after,
+        started_before,
+        metadata,
+    };
+    let request = SessionListRequest {
+        order,
+        limit,
+        cursor,
+        filter,
+    };
+    Ok(Json(state.sessions.list(&request).await?).into_response())
+}
+
+/// `metadata.<key>=<value>` filters: at most 5, each key once, keys under the metadata key
+/// rules so that none can reach MongoDB as an operator or a path.
+fn metadata_filters(pairs: Vec<(String, String)>) -> Result<Vec<(String, String)>, ApiError> {
+    if pairs.len() > MAX_METADATA_FILTERS {
+        return Err(ApiError::validation(
+            "metadata",
+            "at most 5 metadata filters",
+        ));
+    }
+    for (i, (key, _)) in pairs.iter().enumerate() {
+        let field = format!("metadata.{key}");
+        if key.is_empty() || key.starts_with('$') || key.contains('.') || key.contains('\0') {
+            return Err(ApiError::validation(
+                field,
+                "must name a top-level metadata key: not empty, no leading '$', no '.' or NUL",
+            ));
+        }
+        if pairs[..i].iter().any(|(k, _)| k == key) {
+            return Err(ApiError::validation(field, "may be given only once"));
+        }
+    }
+    Ok(pairs)
 }
 
 async fn create(

@@ -5,7 +5,9 @@ use super::{BatchItem, Page, ServiceError, Written};
 use crate::domain::{
     Cursor, Event, EventId, NewEvent, Order, SessionId, Timestamp, ValidationError,
 };
-use crate::store::{EventPageQuery, EventRepository, PageStart, SessionRepository, StoreError};
+use crate::store::{
+    EventFilter, EventPageQuery, EventRepository, PageStart, SessionRepository, StoreError,
+};
 
 /// Where a requested page starts, as the client asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +26,32 @@ pub struct PageRequest {
     /// 1..=1000.
     pub limit: usize,
     pub position: PagePosition,
+    pub filter: EventFilter,
+    /// Lists events with a greater seq, in seq order, instead of by timestamp.
+    pub after_seq: Option<i64>,
+}
+
+impl PageRequest {
+    /// The scope a cursor of this listing is bound to: the session, the ordering and every
+    /// filter, so that a cursor replayed with other ones is refused.
+    fn scope(&self, session: &SessionId) -> u64 {
+        let mut types: Vec<&str> = self.filter.types.iter().map(|t| t.as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
+        let millis = |t: Option<Timestamp>| t.map_or(String::new(), |t| t.millis().to_string());
+        Cursor::scope_of(&[
+            "events",
+            session.as_str(),
+            if self.after_seq.is_some() {
+                "seq"
+            } else {
+                "time"
+            },
+            &types.join(","),
+            &millis(self.filter.from),
+            &millis(self.filter.to),
+        ])
+    }
 }
 
 /// Appends and reads a session's events.
@@ -187,27 +215,33 @@ impl EventService {
         }
     }
 
-    /// One page of the session's events by (timestamp, seq). A non-empty page costs one
-    /// store query; an empty one checks that the session exists.
+    /// One page of the session's events by (timestamp, seq), or by seq after `afterSeq`.
+    /// A non-empty page costs one store query; an empty one checks that the session exists.
     #[tracing::instrument(skip_all, fields(session_id = %session))]
     pub async fn page(
         &self,
         session: &SessionId,
         request: &PageRequest,
     ) -> Result<Page<Event>, ServiceError> {
-        let scope = Cursor::scope_of(&["events", session.as_str()]);
-        let start = match &request.position {
-            PagePosition::First => PageStart::First,
-            PagePosition::Cursor(token) => {
-                PageStart::After(Cursor::decode(token, request.order, scope)?)
+        let scope = request.scope(session);
+        let start = match (&request.position, request.after_seq) {
+            (PagePosition::Cursor(token), after_seq) => {
+                let last = Cursor::decode_event(token, request.order, scope)?;
+                match after_seq {
+                    Some(_) => PageStart::AfterSeq(last.seq),
+                    None => PageStart::After(last),
+                }
             }
-            PagePosition::Page(n) => {
+            (PagePosition::First, Some(seq)) => PageStart::AfterSeq(seq),
+            (PagePosition::First, None) => PageStart::First,
+            (PagePosition::Page(n), _) => {
                 PageStart::Offset(n.saturating_sub(1).saturating_mul(request.limit as u64))
             }
         };
         let query = EventPageQuery {
             order: request.order,
             start,
+            filter: request.filter.clone(),
             limit: request.limit + 1,
         };
         let mut data = self.events.page(session, &query).await?;
@@ -216,14 +250,10 @@ impl EventService {
         }
         let has_more = data.len() > request.limit;
         data.truncate(request.limit);
-        let next_cursor = has_more.then(|| data.last()).flatten().map(|last| {
-            Cursor {
-                order: request.order,
-                position: last.position(),
-                scope,
-            }
-            .encode()
-        });
+        let next_cursor = has_more
+            .then(|| data.last())
+            .flatten()
+            .map(|last| Cursor::for_event(request.order, scope, last.position()).encode());
         Ok(Page {
             data,
             next_cursor,

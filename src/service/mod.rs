@@ -4,7 +4,7 @@ mod event;
 mod session;
 
 pub use event::{EventService, PagePosition, PageRequest};
-pub use session::SessionService;
+pub use session::{SessionListRequest, SessionService};
 
 use serde::Serialize;
 

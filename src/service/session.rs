@@ -1,8 +1,45 @@
 use std::sync::Arc;
 
-use super::{ServiceError, Written};
-use crate::domain::{FinalStatus, NewSession, Session, SessionId, SessionStatus, Timestamp};
-use crate::store::{CreateOutcome, SessionRepository};
+use super::{Page, ServiceError, Written};
+use crate::domain::{
+    Cursor, CursorKey, FinalStatus, NewSession, Order, Session, SessionId, SessionStatus, Timestamp,
+};
+use crate::store::{CreateOutcome, SessionFilter, SessionPageQuery, SessionRepository};
+
+/// A validated request for a page of sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionListRequest {
+    pub order: Order,
+    /// 1..=1000.
+    pub limit: usize,
+    pub cursor: Option<String>,
+    pub filter: SessionFilter,
+}
+
+impl SessionListRequest {
+    /// The scope a cursor of this listing is bound to: every filter.
+    fn scope(&self) -> u64 {
+        let f = &self.filter;
+        let mut statuses: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
+        statuses.sort_unstable();
+        statuses.dedup();
+        let mut metadata: Vec<String> = f
+            .metadata
+            .iter()
+            .map(|(k, v)| format!("{k}\u{0}{v}"))
+            .collect();
+        metadata.sort_unstable();
+        let millis = |t: Option<Timestamp>| t.map_or(String::new(), |t| t.millis().to_string());
+        Cursor::scope_of(&[
+            "sessions",
+            &statuses.join(","),
+            f.language.as_ref().map_or("", |l| l.as_str()),
+            &millis(f.started_after),
+            &millis(f.started_before),
+            &metadata.join("\u{1}"),
+        ])
+    }
+}
 
 /// Creates, reads and closes sessions.
 #[derive(Clone)]
@@ -32,6 +69,40 @@ impl SessionService {
             .get(id)
             .await?
             .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))
+    }
+
+    /// One page of sessions, newest `startedAt` first unless asked otherwise.
+    #[tracing::instrument(skip_all)]
+    pub async fn list(&self, request: &SessionListRequest) -> Result<Page<Session>, ServiceError> {
+        let scope = request.scope();
+        let after = request
+            .cursor
+            .as_deref()
+            .map(|token| Cursor::decode_session(token, request.order, scope))
+            .transpose()?;
+        let query = SessionPageQuery {
+            order: request.order,
+            filter: request.filter.clone(),
+            after,
+            limit: request.limit + 1,
+        };
+        let mut data = self.sessions.list(&query).await?;
+        let has_more = data.len() > request.limit;
+        data.truncate(request.limit);
+        let next_cursor = has_more.then(|| data.last()).flatten().map(|last| {
+            Cursor {
+                order: request.order,
+                scope,
+                timestamp: last.started_at,
+                key: CursorKey::Id(last.session_id.as_str().to_owned()),
+            }
+            .encode()
+        });
+        Ok(Page {
+            data,
+            next_cursor,
+            has_more,
+        })
     }
 
     /// Ends the session once. Repeating the same close returns the session as it ended.

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_trait::async_trait;
 
 use super::{
-    CreateOutcome, EventPageQuery, EventRepository, PageStart, Reservation, SessionRepository,
-    StoreError,
+    CreateOutcome, EventPageQuery, EventRepository, PageStart, Reservation, SessionPageQuery,
+    SessionRepository, StoreError,
 };
 use crate::domain::{
     Event, EventId, EventPosition, FinalStatus, NewSession, Order, Session, SessionId,
@@ -28,6 +28,7 @@ struct SessionEntry {
     last_seq: i64,
     by_id: HashMap<EventId, Arc<Event>>,
     timeline: BTreeMap<EventPosition, Arc<Event>>,
+    by_seq: BTreeMap<i64, Arc<Event>>,
 }
 
 impl SessionEntry {
@@ -38,6 +39,7 @@ impl SessionEntry {
         }
         let event = Arc::new(event.clone());
         self.timeline.insert(event.position(), Arc::clone(&event));
+        self.by_seq.insert(event.seq, Arc::clone(&event));
         self.by_id.insert(event.event_id.clone(), event);
         true
     }
@@ -108,6 +110,7 @@ impl SessionRepository for MemoryStore {
                     last_seq: 0,
                     by_id: HashMap::new(),
                     timeline: BTreeMap::new(),
+                    by_seq: BTreeMap::new(),
                 })));
                 Ok(CreateOutcome::Created(session))
             }
@@ -116,6 +119,16 @@ impl SessionRepository for MemoryStore {
 
     async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
         self.with_entry(id, |e| e.session.clone())
+    }
+
+    async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError> {
+        let mut sessions = self.matching_sessions(query)?;
+        sessions.sort_unstable_by(|a, b| match query.order {
+            Order::Asc => session_key(a).cmp(&session_key(b)),
+            Order::Desc => session_key(b).cmp(&session_key(a)),
+        });
+        sessions.truncate(query.limit);
+        Ok(sessions)
     }
 
     async fn reserve_seqs(
@@ -205,26 +218,102 @@ impl EventRepository for MemoryStore {
         session: &SessionId,
         query: &EventPageQuery,
     ) -> Result<Vec<Event>, StoreError> {
-        let page = self.with_entry(session, |e| page_of(&e.timeline, query))?;
+        let page = self.with_entry(session, |e| e.page(query))?;
         Ok(page.unwrap_or_default())
     }
 }
 
-fn page_of(timeline: &BTreeMap<EventPosition, Arc<Event>>, query: &EventPageQuery) -> Vec<Event> {
-    let (lower, upper) = match (query.order, query.start) {
-        (Order::Asc, PageStart::After(p)) => (Bound::Excluded(p), Bound::Unbounded),
-        (Order::Desc, PageStart::After(p)) => (Bound::Unbounded, Bound::Excluded(p)),
-        _ => (Bound::Unbounded, Bound::Unbounded),
-    };
-    let skip = match query.start {
-        PageStart::Offset(n) => usize::try_from(n).unwrap_or(usize::MAX),
-        _ => 0,
-    };
-    let range = timeline
-        .range((lower, upper))
-        .map(|(_, ev)| Event::clone(ev));
-    match query.order {
-        Order::Asc => range.skip(skip).take(query.limit).collect(),
-        Order::Desc => range.rev().skip(skip).take(query.limit).collect(),
+impl SessionEntry {
+    /// Walks the right index from the right bound; the cost is the page plus the events the
+    /// filter skips, never the whole session.
+    fn page(&self, query: &EventPageQuery) -> Vec<Event> {
+        let filter = &query.filter;
+        let keep = |ev: &&Arc<Event>| filter.matches(ev);
+        if let PageStart::AfterSeq(seq) = query.start {
+            let range = self.by_seq.range((Bound::Excluded(seq), Bound::Unbounded));
+            return collect(range.map(|(_, ev)| ev).filter(keep), 0, query.limit);
+        }
+        let from = filter.from.map(|t| EventPosition {
+            timestamp: t,
+            seq: i64::MIN,
+        });
+        let to = filter.to.map(|t| EventPosition {
+            timestamp: t,
+            seq: i64::MIN,
+        });
+        let mut lower = from.map_or(Bound::Unbounded, Bound::Included);
+        let mut upper = to.map_or(Bound::Unbounded, Bound::Excluded);
+        match (query.order, query.start) {
+            (Order::Asc, PageStart::After(p)) if from.is_none_or(|f| p >= f) => {
+                lower = Bound::Excluded(p);
+            }
+            (Order::Desc, PageStart::After(p)) if to.is_none_or(|t| p < t) => {
+                upper = Bound::Excluded(p);
+            }
+            _ => {}
+        }
+        let skip = match query.start {
+            PageStart::Offset(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            _ => 0,
+        };
+        if bounds_are_empty(&lower, &upper) {
+            return Vec::new();
+        }
+        let range = self.timeline.range((lower, upper)).map(|(_, ev)| ev);
+        match query.order {
+            Order::Asc => collect(range.filter(keep), skip, query.limit),
+            Order::Desc => collect(range.rev().filter(keep), skip, query.limit),
+        }
+    }
+}
+
+/// BTreeMap::range panics on inverted bounds; such a range holds nothing.
+fn bounds_are_empty(lower: &Bound<EventPosition>, upper: &Bound<EventPosition>) -> bool {
+    match (lower, upper) {
+        (Bound::Included(l), Bound::Included(u)) => l > u,
+        (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u))
+        | (Bound::Excluded(l), Bound::Included(u)) => l >= u,
+        _ => false,
+    }
+}
+
+fn collect<'a>(
+    events: impl Iterator<Item = &'a Arc<Event>>,
+    skip: usize,
+    limit: usize,
+) -> Vec<Event> {
+    events
+        .skip(skip)
+        .take(limit)
+        .map(|ev| Event::clone(ev))
+        .collect()
+}
+
+/// Sessions in listing order: by startedAt, ties broken by id.
+fn session_key(s: &Session) -> (Timestamp, &SessionId) {
+    (s.started_at, &s.session_id)
+}
+
+impl MemoryStore {
+    /// Every session matching the filter and lying after the cursor. The in-memory store
+    /// scans all sessions for a listing: it serves development, not millions of sessions.
+    fn matching_sessions(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError> {
+        let after = query.after.as_ref().map(|(t, id)| (*t, id));
+        let beyond = |s: &Session| match (after, query.order) {
+            (None, _) => true,
+            (Some(cursor), Order::Asc) => session_key(s) > cursor,
+            (Some(cursor), Order::Desc) => session_key(s) < cursor,
+        };
+        let mut found = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read().map_err(|_| poisoned())?;
+            for entry in shard.values() {
+                let entry = entry.lock().map_err(|_| poisoned())?;
+                if query.filter.matches(&entry.session) && beyond(&entry.session) {
+                    found.push(entry.session.clone());
+                }
+            }
+        }
+        Ok(found)
     }
 }

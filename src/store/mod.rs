@@ -11,7 +11,8 @@ pub mod mongo;
 use async_trait::async_trait;
 
 use crate::domain::{
-    Event, EventId, EventPosition, FinalStatus, NewSession, Order, Session, SessionId, Timestamp,
+    Event, EventId, EventPosition, EventType, FinalStatus, Language, NewSession, Order, Session,
+    SessionId, SessionStatus, Timestamp,
 };
 
 pub use memory::MemoryStore;
@@ -55,19 +56,81 @@ pub struct Reservation {
 /// Where a page of events starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageStart {
+    /// The first page, ordered by (timestamp, seq).
     First,
-    /// Strictly after this position, in the page's order.
+    /// Strictly after this position, in the page's (timestamp, seq) order.
     After(EventPosition),
     /// After skipping this many events (the compatibility `page` parameter).
     Offset(u64),
+    /// Events with a greater seq, ordered by seq alone (ascending).
+    AfterSeq(i64),
 }
 
-/// A request for one page of a session's events, ordered by (timestamp, seq).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Conditions every event of a page meets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventFilter {
+    /// Any of these types; all types when empty.
+    pub types: Vec<EventType>,
+    /// `timestamp >= from`.
+    pub from: Option<Timestamp>,
+    /// `timestamp < to`.
+    pub to: Option<Timestamp>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, event: &Event) -> bool {
+        (self.types.is_empty() || self.types.contains(&event.event_type))
+            && self.from.is_none_or(|from| event.timestamp >= from)
+            && self.to.is_none_or(|to| event.timestamp < to)
+    }
+}
+
+/// A request for one page of a session's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventPageQuery {
     pub order: Order,
     pub start: PageStart,
+    pub filter: EventFilter,
     /// How many events to return at most.
+    pub limit: usize,
+}
+
+/// Conditions every session of a listing meets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionFilter {
+    /// Any of these statuses; all when empty.
+    pub statuses: Vec<SessionStatus>,
+    pub language: Option<Language>,
+    /// `startedAt >= started_after`.
+    pub started_after: Option<Timestamp>,
+    /// `startedAt < started_before`.
+    pub started_before: Option<Timestamp>,
+    /// Top-level metadata keys that must hold exactly these strings.
+    pub metadata: Vec<(String, String)>,
+}
+
+impl SessionFilter {
+    pub fn matches(&self, session: &Session) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&session.status))
+            && self
+                .language
+                .as_ref()
+                .is_none_or(|l| session.language.as_ref() == Some(l))
+            && self.started_after.is_none_or(|t| session.started_at >= t)
+            && self.started_before.is_none_or(|t| session.started_at < t)
+            && self.metadata.iter().all(|(key, value)| {
+                session.metadata.as_map().get(key).and_then(|v| v.as_str()) == Some(value.as_str())
+            })
+    }
+}
+
+/// A request for one page of sessions, ordered by (startedAt, sessionId).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPageQuery {
+    pub order: Order,
+    pub filter: SessionFilter,
+    /// Strictly after this (startedAt, sessionId), in the page's order.
+    pub after: Option<(Timestamp, SessionId)>,
     pub limit: usize,
 }
 
@@ -78,6 +141,9 @@ pub trait SessionRepository: Send + Sync {
     async fn create(&self, new: NewSession, now: Timestamp) -> Result<CreateOutcome, StoreError>;
 
     async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
+
+    /// One page of sessions matching the query's filter.
+    async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError>;
 
     /// Takes the next `count` seqs of an open session, marks it active and advances its clock
     /// to at least `now`. `None` when the session is missing or closed.

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::bson_json::{document_to_object, object_to_document};
 use super::{
-    CreateOutcome, EventPageQuery, EventRepository, PageStart, Reservation, SessionRepository,
-    StoreError,
+    CreateOutcome, EventFilter, EventPageQuery, EventRepository, PageStart, Reservation,
+    SessionPageQuery, SessionRepository, StoreError,
 };
 use crate::domain::{
     Event, EventId, EventType, FinalStatus, JsonObject, Language, NewSession, Order, Session,
@@ -147,6 +147,27 @@ impl MongoStore {
                     "session_timeline",
                     false,
                 ),
+            ])
+            .await
+            .map_err(classify)?;
+        self.sessions
+            .create_indexes([
+                index(
+                    doc! {"startedAt": -1, "_id": -1},
+                    "sessions_by_start",
+                    false,
+                ),
+                index(
+                    doc! {"status": 1, "startedAt": -1, "_id": -1},
+                    "sessions_by_status",
+                    false,
+                ),
+                index(
+                    doc! {"language": 1, "startedAt": -1, "_id": -1},
+                    "sessions_by_language",
+                    false,
+                ),
+                index(doc! {"metadata.$**": 1}, "sessions_by_metadata", false),
             ])
             .await
             .map_err(classify)?;
@@ -328,6 +349,26 @@ impl SessionRepository for MongoStore {
         found.map(SessionDoc::into_session).transpose()
     }
 
+    async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError> {
+        let direction = match query.order {
+            Order::Asc => 1,
+            Order::Desc => -1,
+        };
+        let docs: Vec<SessionDoc> = self
+            .sessions
+            .find(session_filter(query))
+            .sort(doc! {"startedAt": direction, "_id": direction})
+            .limit(i64::try_from(query.limit).unwrap_or(i64::MAX))
+            .batch_size(u32::try_from(query.limit).unwrap_or(u32::MAX))
+            .max_time(self.timeout)
+            .await
+            .map_err(classify)?
+            .try_collect()
+            .await
+            .map_err(classify)?;
+        docs.into_iter().map(SessionDoc::into_session).collect()
+    }
+
     async fn reserve_seqs(
         &self,
         id: &SessionId,
@@ -457,11 +498,15 @@ impl EventRepository for MongoStore {
             Order::Asc => 1,
             Order::Desc => -1,
         };
+        let sort = match query.start {
+            PageStart::AfterSeq(_) => doc! {"seq": 1},
+            _ => doc! {"timestamp": direction, "seq": direction},
+        };
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
         let mut find = self
             .events
             .find(page_filter(session, query))
-            .sort(doc! {"timestamp": direction, "seq": direction})
+            .sort(sort)
             .projection(doc! {"_id": 0})
             .limit(limit)
             // One batch holds the whole page, so a page costs one round trip.
@@ -480,20 +525,111 @@ impl EventRepository for MongoStore {
     }
 }
 
-/// The keyset condition "after this position" as a rooted `$or`, so that each branch gets
-/// exact bounds on the (sessionId, timestamp, seq) index and the merged scan stops after
-/// `limit` keys.
+/// The conditions of a filter on the events of one session.
+fn event_conditions(session: &SessionId, filter: &EventFilter) -> Document {
+    let mut conditions = doc! {"sessionId": session.as_str()};
+    match filter.types.as_slice() {
+        [] => {}
+        [one] => {
+            conditions.insert("type", one.as_str());
+        }
+        many => {
+            let types: Vec<&str> = many.iter().map(EventType::as_str).collect();
+            conditions.insert("type", doc! {"$in": types});
+        }
+    }
+    let range = time_range("$gte", filter.from, "$lt", filter.to);
+    if !range.is_empty() {
+        conditions.insert("timestamp", range);
+    }
+    conditions
+}
+
+fn time_range(
+    lower_op: &str,
+    lower: Option<Timestamp>,
+    upper_op: &str,
+    upper: Option<Timestamp>,
+) -> Document {
+    let mut range = Document::new();
+    if let Some(t) = lower {
+        range.insert(lower_op, bson_time(t));
+    }
+    if let Some(t) = upper {
+        range.insert(upper_op, bson_time(t));
+    }
+    range
+}
+
+/// The page's filter. "After this position" is a rooted `$or` whose branches each carry
+/// every condition, so each gets exact bounds on the (sessionId, timestamp, seq) index and
+/// the merged scan stops after `limit` keys.
 fn page_filter(session: &SessionId, query: &EventPageQuery) -> Document {
-    let PageStart::After(p) = query.start else {
-        return doc! {"sessionId": session.as_str()};
+    let mut base = event_conditions(session, &query.filter);
+    let p = match query.start {
+        PageStart::After(p) => p,
+        PageStart::AfterSeq(seq) => {
+            base.insert("seq", doc! {"$gt": seq});
+            return base;
+        }
+        PageStart::First | PageStart::Offset(_) => return base,
     };
     let op = match query.order {
         Order::Asc => "$gt",
         Order::Desc => "$lt",
     };
-    let ts = bson_time(p.timestamp);
-    doc! {"$or": [
-        {"sessionId": session.as_str(), "timestamp": {op: ts}},
-        {"sessionId": session.as_str(), "timestamp": ts, "seq": {op: p.seq}},
-    ]}
+    let mut later = base.clone();
+    let mut range = later.get_document("timestamp").cloned().unwrap_or_default();
+    range.insert(op, bson_time(p.timestamp));
+    later.insert("timestamp", range.clone());
+    let mut tied = base;
+    range.remove(op);
+    range.insert("$eq", bson_time(p.timestamp));
+    tied.insert("timestamp", range);
+    tied.insert("seq", doc! {op: p.seq});
+    doc! {"$or": [later, tied]}
+}
+
+/// The filter of a sessions listing, with the keyset condition as a rooted `$or`.
+fn session_filter(query: &SessionPageQuery) -> Document {
+    let f = &query.filter;
+    let mut base = Document::new();
+    match f.statuses.as_slice() {
+        [] => {}
+        [one] => {
+            base.insert("status", one.as_str());
+        }
+        many => {
+            let statuses: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+            base.insert("status", doc! {"$in": statuses});
+        }
+    }
+    if let Some(language) = &f.language {
+        base.insert("language", language.as_str());
+    }
+    let range = time_range("$gte", f.started_after, "$lt", f.started_before);
+    if !range.is_empty() {
+        base.insert("startedAt", range.clone());
+    }
+    // Keys were checked against the metadata key rules: no '$', no '.'.
+    for (key, value) in &f.metadata {
+        base.insert(format!("metadata.{key}"), value.as_str());
+    }
+    let Some((t, id)) = &query.after else {
+        return base;
+    };
+    let op = match query.order {
+        Order::Asc => "$gt",
+        Order::Desc => "$lt",
+    };
+    let mut later = base.clone();
+    let mut later_range = range.clone();
+    later_range.insert(op, bson_time(*t));
+    later.insert("startedAt", later_range);
+    let mut tied = base;
+    let mut tied_range = range;
+    tied_range.insert("$eq", bson_time(*t));
+    tied.insert("startedAt", tied_range);
+    tied.insert("_id", doc! {op: id.as_str()});
+    doc! {"$or": [later, tied]}
 }

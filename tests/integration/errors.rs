@@ -90,7 +90,8 @@ async fn a_body_over_the_limit_is_payload_too_large(app: TestApp) {
 async fn unknown_routes_and_methods_get_json_errors(app: TestApp) {
     let (status, body) = app.get("/nothing/here").await;
     assert_error(status, &body, 404, "not_found");
-    let (status, body) = app.get("/sessions").await;
+    let response = app.client.put(app.url("/sessions")).send().await.unwrap();
+    let (status, body) = parts(response).await;
     assert_error(status, &body, 405, "method_not_allowed");
     let response = app
         .client

@@ -12,5 +12,6 @@ mod errors;
 mod events;
 mod outage;
 mod pagination;
+mod querying;
 mod sessions;
 mod store_contract;

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use conversation_sessions::domain::{
-    Event, EventId, EventPosition, EventType, FinalStatus, JsonObject, NewSession, Order,
+    Event, EventId, EventPosition, EventType, FinalStatus, JsonObject, Language, NewSession, Order,
     SessionId, SessionStatus, Timestamp,
 };
 use conversation_sessions::store::{
-    CreateOutcome, EventPageQuery, EventRepository, MongoStore, PageStart, SessionRepository,
-    StoreError,
+    CreateOutcome, EventFilter, EventPageQuery, EventRepository, MongoStore, PageStart,
+    SessionFilter, SessionPageQuery, SessionRepository, StoreError,
 };
 use serde_json::json;
 
@@ -47,6 +47,9 @@ contract!(
     insert_refuses_a_second_event_with_the_same_id,
     events_are_scoped_to_their_session,
     pages_order_by_timestamp_then_seq_in_both_directions,
+    pages_apply_type_and_time_filters_with_cursors,
+    after_seq_pages_follow_seq_order,
+    sessions_list_by_start_time_with_filters,
 );
 
 async fn mongo_store() -> Arc<MongoStore> {
@@ -222,6 +225,7 @@ async fn events_are_scoped_to_their_session(store: Arc<impl Store>) {
     let query = EventPageQuery {
         order: Order::Asc,
         start: PageStart::First,
+        filter: EventFilter::default(),
         limit: 10,
     };
     let page = store.page(&sid("b"), &query).await.unwrap();
@@ -252,6 +256,7 @@ async fn pages_order_by_timestamp_then_seq_in_both_directions(store: Arc<impl St
     let query = |order, start, limit| EventPageQuery {
         order,
         start,
+        filter: EventFilter::default(),
         limit,
     };
     let all = store
@@ -283,4 +288,160 @@ async fn pages_order_by_timestamp_then_seq_in_both_directions(store: Arc<impl St
         .page(&sid("a"), &query(Order::Desc, PageStart::Offset(5), 10))
         .await;
     assert_eq!(ids(offset_desc.unwrap()), ["e6"]);
+}
+
+fn typed_event(session: &str, id: &str, kind: &str, millis: i64, seq: i64) -> Event {
+    Event {
+        event_type: EventType::parse(kind).unwrap(),
+        ..event(session, id, millis, seq)
+    }
+}
+
+async fn pages_apply_type_and_time_filters_with_cursors(store: Arc<impl Store>) {
+    store
+        .create(new_session("a", "x"), Timestamp::from_millis(1))
+        .await
+        .unwrap();
+    let kinds = ["user_speech", "bot_speech", "system"];
+    for i in 0..30_i64 {
+        let kind = kinds[(i % 3) as usize];
+        store
+            .insert(&typed_event(
+                "a",
+                &format!("e{i:02}"),
+                kind,
+                100 + i / 2,
+                i + 1,
+            ))
+            .await
+            .unwrap();
+    }
+    let filter = EventFilter {
+        types: vec![
+            EventType::parse("user_speech").unwrap(),
+            EventType::parse("system").unwrap(),
+        ],
+        from: Some(Timestamp::from_millis(103)),
+        to: Some(Timestamp::from_millis(110)),
+    };
+    let expected: Vec<i64> = (0..30_i64)
+        .filter(|i| i % 3 != 1 && (103..110).contains(&(100 + i / 2)))
+        .map(|i| i + 1)
+        .collect();
+    for order in [Order::Asc, Order::Desc] {
+        let mut start = PageStart::First;
+        let mut seen = Vec::new();
+        loop {
+            let query = EventPageQuery {
+                order,
+                start,
+                filter: filter.clone(),
+                limit: 2,
+            };
+            let page = store.page(&sid("a"), &query).await.unwrap();
+            let Some(last) = page.last() else { break };
+            start = PageStart::After(last.position());
+            seen.extend(page.iter().map(|e| e.seq));
+        }
+        let mut want = expected.clone();
+        if order == Order::Desc {
+            want.reverse();
+        }
+        assert_eq!(seen, want, "{order:?}");
+    }
+}
+
+async fn after_seq_pages_follow_seq_order(store: Arc<impl Store>) {
+    store
+        .create(new_session("a", "x"), Timestamp::from_millis(1))
+        .await
+        .unwrap();
+    // Timestamps run against seq: seq order differs from timeline order.
+    for seq in [3_i64, 1, 2, 5, 4] {
+        store
+            .insert(&event("a", &format!("e{seq}"), 100 - seq, seq))
+            .await
+            .unwrap();
+    }
+    let query = EventPageQuery {
+        order: Order::Asc,
+        start: PageStart::AfterSeq(2),
+        filter: EventFilter::default(),
+        limit: 10,
+    };
+    let seqs: Vec<i64> = store
+        .page(&sid("a"), &query)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [3, 4, 5]);
+}
+
+async fn sessions_list_by_start_time_with_filters(store: Arc<impl Store>) {
+    let mut created = Vec::new();
+    for i in 0..12_i64 {
+        let mut new = new_session(&format!("s{i:02}"), if i % 2 == 0 { "even" } else { "odd" });
+        new.started_at = Some(Timestamp::from_millis(1_000 + i / 3));
+        new.language = (i % 3 == 0).then(|| Language::parse("en-US").unwrap());
+        store
+            .create(new, Timestamp::from_millis(5_000))
+            .await
+            .unwrap();
+        created.push(i);
+    }
+    store
+        .close(
+            &sid("s04"),
+            FinalStatus::Failed,
+            Timestamp::from_millis(6_000),
+        )
+        .await
+        .unwrap();
+    let walk = |filter: SessionFilter, order: Order| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut after = None;
+            let mut ids = Vec::new();
+            loop {
+                let query = SessionPageQuery {
+                    order,
+                    filter: filter.clone(),
+                    after,
+                    limit: 5,
+                };
+                let page = store.list(&query).await.unwrap();
+                let Some(last) = page.last() else { break };
+                after = Some((last.started_at, last.session_id.clone()));
+                ids.extend(page.iter().map(|s| s.session_id.to_string()));
+            }
+            ids
+        }
+    };
+    let newest_first = walk(SessionFilter::default(), Order::Desc).await;
+    let mut want: Vec<String> = (0..12).map(|i| format!("s{i:02}")).collect();
+    want.reverse();
+    assert_eq!(newest_first, want);
+    let odd_english = SessionFilter {
+        language: Some(Language::parse("en-US").unwrap()),
+        metadata: vec![("caller".to_owned(), "odd".to_owned())],
+        ..SessionFilter::default()
+    };
+    assert_eq!(walk(odd_english, Order::Asc).await, ["s03", "s09"]);
+    let failed = SessionFilter {
+        statuses: vec![SessionStatus::Failed],
+        ..SessionFilter::default()
+    };
+    assert_eq!(walk(failed, Order::Desc).await, ["s04"]);
+    let window = SessionFilter {
+        started_after: Some(Timestamp::from_millis(1_001)),
+        started_before: Some(Timestamp::from_millis(1_003)),
+        statuses: vec![SessionStatus::Initiated, SessionStatus::Active],
+        ..SessionFilter::default()
+    };
+    assert_eq!(
+        walk(window, Order::Asc).await,
+        ["s03", "s05", "s06", "s07", "s08"]
+    );
 }
