@@ -5,11 +5,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::service::{EventService, SessionService};
+use crate::feed::SessionFeed;
+use crate::service::{EventService, LiveService, SessionService};
 use crate::store::{EventRepository, MemoryStore, MongoStore, SessionRepository, StoreError};
 
 /// What every handler can reach.
@@ -17,13 +21,28 @@ use crate::store::{EventRepository, MemoryStore, MongoStore, SessionRepository, 
 pub struct AppState {
     pub sessions: SessionService,
     pub events: EventService,
+    pub live: LiveService,
+    /// How often an idle live stream sends a heartbeat comment.
+    pub heartbeat: Duration,
 }
 
 impl AppState {
-    fn new(sessions: Arc<dyn SessionRepository>, events: Arc<dyn EventRepository>) -> Self {
+    fn new(
+        config: &Config,
+        sessions: Arc<dyn SessionRepository>,
+        events: Arc<dyn EventRepository>,
+        feed: Arc<SessionFeed>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         Self {
-            sessions: SessionService::new(Arc::clone(&sessions)),
-            events: EventService::new(sessions, events),
+            sessions: SessionService::new(Arc::clone(&sessions), Arc::clone(&feed)),
+            events: EventService::new(
+                Arc::clone(&sessions),
+                Arc::clone(&events),
+                Arc::clone(&feed),
+            ),
+            live: LiveService::new(sessions, events, feed, config.sse_max_streams, stop),
+            heartbeat: config.sse_heartbeat,
         }
     }
 }
@@ -46,15 +65,21 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     mongo: Option<Arc<MongoStore>>,
+    stop: watch::Sender<bool>,
 }
 
 impl Application {
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        let feed = Arc::new(SessionFeed::default());
+        let (stop, stopping) = watch::channel(false);
         let (state, mongo) = match &config.mongo {
             Some(mongo_config) => {
                 let store = Arc::new(MongoStore::connect(mongo_config).await?);
                 tracing::info!("using MongoDB");
-                let state = AppState::new(store.clone(), store.clone());
+                tokio::spawn(
+                    Arc::clone(&store).follow_changes(Arc::clone(&feed), stop.subscribe()),
+                );
+                let state = AppState::new(config, store.clone(), store.clone(), feed, stopping);
                 (state, Some(store))
             }
             None => {
@@ -63,7 +88,10 @@ impl Application {
                      set DB_URI to a MongoDB deployment to keep data"
                 );
                 let store = Arc::new(MemoryStore::default());
-                (AppState::new(store.clone(), store), None)
+                (
+                    AppState::new(config, store.clone(), store, feed, stopping),
+                    None,
+                )
             }
         };
         let addr = format!("{}:{}", config.host, config.port);
@@ -74,6 +102,7 @@ impl Application {
             listener,
             router: crate::http::router(state, config.body_limit_bytes),
             mongo,
+            stop,
         })
     }
 
@@ -93,8 +122,14 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "listening");
+        let stop = self.stop;
+        let stopping = async move {
+            shutdown.await;
+            // Live streams never end by themselves: end them, so in-flight requests can.
+            let _ = stop.send(true);
+        };
         axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(stopping)
             .await?;
         if let Some(mongo) = self.mongo {
             mongo.shutdown().await;

@@ -7,6 +7,8 @@ use crate::store::mongo::MongoConfig;
 const DEFAULT_PORT: u16 = 3000;
 const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 const DEFAULT_DB_TIMEOUT_MS: u64 = 3000;
+const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
+const DEFAULT_SSE_MAX_STREAMS: usize = 1000;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,6 +30,10 @@ pub struct Config {
     pub mongo: Option<MongoConfig>,
     pub body_limit_bytes: usize,
     pub log_format: LogFormat,
+    /// How often an idle live stream sends a comment so that proxies keep it open.
+    pub sse_heartbeat: Duration,
+    /// Live streams one instance serves at once; more get 503.
+    pub sse_max_streams: usize,
 }
 
 /// A setting that is present but unusable.
@@ -84,6 +90,19 @@ impl Config {
                 DEFAULT_BODY_LIMIT,
             )?,
             log_format,
+            sse_heartbeat: Duration::from_secs(positive(
+                parse_or(
+                    "SSE_HEARTBEAT_SECS",
+                    get("SSE_HEARTBEAT_SECS"),
+                    DEFAULT_SSE_HEARTBEAT_SECS,
+                )?,
+                "SSE_HEARTBEAT_SECS",
+            )?),
+            sse_max_streams: parse_or(
+                "SSE_MAX_STREAMS",
+                get("SSE_MAX_STREAMS"),
+                DEFAULT_SSE_MAX_STREAMS,
+            )?,
         })
     }
 }

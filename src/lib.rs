@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod feed;
 pub mod http;
 pub mod service;
 pub mod store;

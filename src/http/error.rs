@@ -89,7 +89,7 @@ impl ApiError {
                 "session_closed",
                 Some(json!({ "session": s })),
             ),
-            Self::Service(S::Store(StoreError::Unavailable(_))) => {
+            Self::Service(S::Store(StoreError::Unavailable(_)) | S::Overloaded(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None)
             }
             Self::Service(S::Store(_)) | Self::Internal(_) => {
@@ -101,6 +101,7 @@ impl ApiError {
     /// What the client reads. Server faults get a fixed sentence: causes stay in the log.
     fn client_message(&self, status: StatusCode) -> String {
         match status {
+            _ if matches!(self, Self::Service(ServiceError::Overloaded(_))) => self.to_string(),
             StatusCode::SERVICE_UNAVAILABLE => {
                 "the database is unavailable; retry with the same ids".to_owned()
             }

@@ -1,6 +1,10 @@
 //! `/sessions/{id}/events` routes.
 
+use std::convert::Infallible;
+
 use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,7 +19,7 @@ use crate::domain::{
     Event, EventId, EventType, JsonObject, NewEvent, Order, SessionId, Timestamp, ValidationError,
     MAX_PAYLOAD_BYTES,
 };
-use crate::service::{BatchItem, PagePosition, PageRequest};
+use crate::service::{BatchItem, PagePosition, PageRequest, TailMessage};
 use crate::store::EventFilter;
 
 const DEFAULT_LIMIT: usize = 50;
@@ -25,6 +29,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/sessions/{session_id}/events", post(append).get(list))
         .route("/sessions/{session_id}/events/{event_id}", get(read))
+        .route("/sessions/{session_id}/events/stream", get(stream))
         .route("/sessions/{session_id}/events:batch", post(append_batch))
 }
 
@@ -141,9 +146,88 @@ async fn read(
     State(state): State<AppState>,
     ApiPath((session_id, event_id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
+    read_event(&state, session_id, event_id).await
+}
+
+async fn read_event(
+    state: &AppState,
+    session_id: String,
+    event_id: String,
+) -> Result<Response, ApiError> {
     let session = SessionId::parse(session_id)?;
     let event = EventId::parse(event_id)?;
     Ok(Json(state.events.get(&session, &event).await?).into_response())
+}
+
+/// A client asking for JSON and not for an event stream means the event whose id is
+/// "stream"; anyone else (browsers' EventSource, curl's `*/*`) gets the live tail.
+fn wants_json_not_stream(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    accept.contains("application/json") && !accept.contains("text/event-stream")
+}
+
+/// The seq to resume after: `Last-Event-ID` (a reconnecting EventSource), else `afterSeq`,
+/// else 0 (from the start).
+fn resume_after(headers: &HeaderMap, query: &mut QueryParams) -> Result<i64, ApiError> {
+    let parse = |field: &str, raw: &str| {
+        raw.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                ApiError::validation(field, "must be an event seq: an integer of 0 or more")
+            })
+    };
+    let query_position = query.take("afterSeq")?;
+    if let Some(header) = headers.get("last-event-id") {
+        let raw = header
+            .to_str()
+            .map_err(|_| ApiError::validation("Last-Event-ID", "must be an event seq"))?;
+        return parse("Last-Event-ID", raw);
+    }
+    query_position.map_or(Ok(0), |raw| parse("afterSeq", &raw))
+}
+
+/// `GET /sessions/{id}/events/stream`: the stored events after a position, then new ones
+/// as they are accepted, then `session.closed`.
+async fn stream(
+    State(state): State<AppState>,
+    ApiPath(session_id): ApiPath<String>,
+    headers: HeaderMap,
+    mut query: QueryParams,
+) -> Result<Response, ApiError> {
+    if wants_json_not_stream(&headers) {
+        return read_event(&state, session_id, "stream".to_owned()).await;
+    }
+    let session = SessionId::parse(session_id)?;
+    let after_seq = resume_after(&headers, &mut query)?;
+    query.finish()?;
+    let receiver = state.live.tail(&session, after_seq).await?;
+    let messages = futures::stream::unfold(receiver, |mut receiver| async move {
+        let message = receiver.recv().await?;
+        Some((Ok::<_, Infallible>(sse_message(message)), receiver))
+    });
+    let sse = Sse::new(messages).keep_alive(KeepAlive::new().interval(state.heartbeat));
+    // Proxies that buffer responses (nginx) would hold messages back.
+    Ok(([(HeaderName::from_static("x-accel-buffering"), "no")], sse).into_response())
+}
+
+fn sse_message(message: TailMessage) -> SseEvent {
+    // Compact JSON holds no newline, which SSE data lines cannot carry.
+    match message {
+        TailMessage::Event(event) => SseEvent::default()
+            .id(event.seq.to_string())
+            .event(event.event_type.as_str())
+            .data(serde_json::to_string(&event).unwrap_or_default()),
+        TailMessage::Closed(session) => SseEvent::default()
+            .event("session.closed")
+            .data(serde_json::to_string(&session).unwrap_or_default()),
+    }
 }
 
 async fn list(

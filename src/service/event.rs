@@ -5,6 +5,7 @@ use super::{BatchItem, Page, ServiceError, Written};
 use crate::domain::{
     Cursor, Event, EventId, NewEvent, Order, SessionId, Timestamp, ValidationError,
 };
+use crate::feed::SessionFeed;
 use crate::store::{
     EventFilter, EventPageQuery, EventRepository, PageStart, SessionRepository, StoreError,
 };
@@ -59,11 +60,20 @@ impl PageRequest {
 pub struct EventService {
     sessions: Arc<dyn SessionRepository>,
     events: Arc<dyn EventRepository>,
+    feed: Arc<SessionFeed>,
 }
 
 impl EventService {
-    pub fn new(sessions: Arc<dyn SessionRepository>, events: Arc<dyn EventRepository>) -> Self {
-        Self { sessions, events }
+    pub fn new(
+        sessions: Arc<dyn SessionRepository>,
+        events: Arc<dyn EventRepository>,
+        feed: Arc<SessionFeed>,
+    ) -> Self {
+        Self {
+            sessions,
+            events,
+            feed,
+        }
     }
 
     /// Appends the event, or recognises a retry of the append that stored it.
@@ -87,7 +97,10 @@ impl EventService {
             .clone()
             .into_event(session.clone(), slot.first_seq, slot.received_at);
         match self.events.insert(&event).await {
-            Ok(()) => Ok(Written::Created(event)),
+            Ok(()) => {
+                self.feed.appended(session);
+                Ok(Written::Created(event))
+            }
             Err(StoreError::Duplicate) => self.replay(session, &new).await,
             Err(e) => Err(e.into()),
         }
@@ -157,6 +170,9 @@ impl EventService {
             })
             .collect();
         let inserted = self.events.insert_many(&events).await?;
+        if inserted.contains(&true) {
+            self.feed.appended(session);
+        }
         let clashes: Vec<EventId> = events
             .iter()
             .zip(&inserted)

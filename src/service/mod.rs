@@ -1,9 +1,11 @@
 //! Business rules: idempotency decisions, session life cycle, paging.
 
 mod event;
+mod live;
 mod session;
 
 pub use event::{EventService, PagePosition, PageRequest};
+pub use live::{LiveService, TailMessage};
 pub use session::{SessionListRequest, SessionService};
 
 use serde::Serialize;
@@ -55,6 +57,9 @@ pub enum ServiceError {
     SessionClosed(Box<Session>),
     #[error(transparent)]
     InvalidCursor(#[from] CursorError),
+    /// This instance is at a configured capacity; another instance or a retry may succeed.
+    #[error("{0}")]
+    Overloaded(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

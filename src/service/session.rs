@@ -4,6 +4,7 @@ use super::{Page, ServiceError, Written};
 use crate::domain::{
     Cursor, CursorKey, FinalStatus, NewSession, Order, Session, SessionId, SessionStatus, Timestamp,
 };
+use crate::feed::SessionFeed;
 use crate::store::{CreateOutcome, SessionFilter, SessionPageQuery, SessionRepository};
 
 /// A validated request for a page of sessions.
@@ -45,11 +46,12 @@ impl SessionListRequest {
 #[derive(Clone)]
 pub struct SessionService {
     sessions: Arc<dyn SessionRepository>,
+    feed: Arc<SessionFeed>,
 }
 
 impl SessionService {
-    pub fn new(sessions: Arc<dyn SessionRepository>) -> Self {
-        Self { sessions }
+    pub fn new(sessions: Arc<dyn SessionRepository>, feed: Arc<SessionFeed>) -> Self {
+        Self { sessions, feed }
     }
 
     /// Creates the session, or recognises a retry of the create that made it.
@@ -113,6 +115,7 @@ impl SessionService {
         status: FinalStatus,
     ) -> Result<Session, ServiceError> {
         if let Some(closed) = self.sessions.close(id, status, Timestamp::now()).await? {
+            self.feed.closed(id);
             return Ok(closed);
         }
         let stored = self.get(id).await?;

@@ -1,14 +1,16 @@
 //! The MongoDB store over the official driver.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, DateTime as BsonDateTime, Document};
 use mongodb::error::{Error as MongoError, ErrorKind, InsertManyError, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::bson_json::{document_to_object, object_to_document};
 use super::{
@@ -19,8 +21,13 @@ use crate::domain::{
     Event, EventId, EventType, FinalStatus, JsonObject, Language, NewSession, Order, Session,
     SessionId, SessionStatus, Timestamp,
 };
+use crate::feed::{stopped, SessionFeed};
 
 const DEFAULT_DB_NAME: &str = "conversation";
+/// How often live streams are woken when no change stream tells them of changes.
+const POLL_TICK: Duration = Duration::from_millis(500);
+/// How long to poll before trying to open change streams again.
+const CHANGE_STREAM_RETRY: Duration = Duration::from_secs(30);
 const DUPLICATE_KEY: i32 = 11000;
 const SEQ_INDEX: &str = "session_seq";
 
@@ -180,6 +187,90 @@ impl MongoStore {
             .max_time(self.timeout)
             .await
             .map_err(classify)
+    }
+
+    /// Tells `feed` about appends and closes made by any instance, until `stop` turns true.
+    ///
+    /// Uses change streams where the deployment has them (replica sets, sharded clusters,
+    /// Atlas). Where it has not (a standalone mongod), or while a change stream cannot be
+    /// opened, it wakes every stream on a short tick instead, so that they read the store.
+    pub async fn follow_changes(
+        self: Arc<Self>,
+        feed: Arc<SessionFeed>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let followed = tokio::select! {
+                followed = self.follow_change_streams(&feed) => followed,
+                () = stopped(&mut stop) => return,
+            };
+            if let Err(e) = followed {
+                tracing::warn!(
+                    error = %e,
+                    "change streams unavailable; live streams poll every {} ms",
+                    POLL_TICK.as_millis()
+                );
+            }
+            let polling = async {
+                let mut tick = tokio::time::interval(POLL_TICK);
+                loop {
+                    tick.tick().await;
+                    feed.everything_changed();
+                }
+            };
+            tokio::select! {
+                () = polling => {}
+                () = tokio::time::sleep(CHANGE_STREAM_RETRY) => {}
+                () = stopped(&mut stop) => return,
+            }
+        }
+    }
+
+    /// Forwards inserted events and closed sessions to `feed` until a change stream fails.
+    async fn follow_change_streams(&self, feed: &SessionFeed) -> Result<(), MongoError> {
+        let mut inserts = self
+            .events
+            .clone_with_type::<Document>()
+            .watch()
+            .pipeline([
+                doc! {"$match": {"operationType": "insert"}},
+                // Only what the feed needs: the payload stays on the server.
+                doc! {"$project": {"operationType": 1, "ns": 1, "documentKey": 1, "fullDocument.sessionId": 1}},
+            ])
+            .await?;
+        let mut closes = self
+            .sessions
+            .clone_with_type::<Document>()
+            .watch()
+            .pipeline([doc! {"$match": {
+                "operationType": "update",
+                "updateDescription.updatedFields.status": {"$in": ["completed", "failed"]},
+            }}])
+            .await?;
+        // Whatever happened while no stream was open is read by the woken streams.
+        feed.everything_changed();
+        loop {
+            let changed = tokio::select! {
+                change = inserts.next() => change.map(|c| c.map(|c| {
+                    let id = c.full_document.as_ref().and_then(|d| d.get_str("sessionId").ok().map(str::to_owned));
+                    (id, false)
+                })),
+                change = closes.next() => change.map(|c| c.map(|c| {
+                    let id = c.document_key.as_ref().and_then(|d| d.get_str("_id").ok().map(str::to_owned));
+                    (id, true)
+                })),
+            };
+            let (id, closed) = match changed {
+                Some(Ok(change)) => change,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            };
+            match (id.map(SessionId::parse), closed) {
+                (Some(Ok(id)), false) => feed.appended(&id),
+                (Some(Ok(id)), true) => feed.closed(&id),
+                _ => feed.everything_changed(),
+            }
+        }
     }
 
     /// Closes the client's connections.

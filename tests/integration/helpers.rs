@@ -50,6 +50,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         mongo: (backend == Backend::Mongo).then(fresh_mongo_config),
         body_limit_bytes: 256 * 1024,
         log_format: LogFormat::Pretty,
+        sse_heartbeat: Duration::from_secs(15),
+        sse_max_streams: 1000,
     };
     adjust(&mut config);
     if std::env::var_os("TEST_LOG").is_some() {

@@ -10,6 +10,7 @@ mod compose;
 mod concurrency;
 mod errors;
 mod events;
+mod live;
 mod outage;
 mod pagination;
 mod querying;

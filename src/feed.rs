@@ -1,0 +1,175 @@
+//! Wake-ups for live streams: "something changed in session X".
+//!
+//! A wake-up carries no data. A woken stream reads the store from its own position, so a
+//! lost, doubled or spurious wake-up can delay a message but never lose or repeat one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::domain::SessionId;
+
+/// Resolves once `stop` turns true (or its sender is gone): the service is stopping.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// How many changes of each kind a session has seen; a stream compares counts to learn
+/// what happened since it last looked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub appends: u64,
+    pub closes: u64,
+}
+
+/// Per-session wake-up channels, shared by every stream of this instance.
+#[derive(Default)]
+pub struct SessionFeed {
+    channels: Mutex<HashMap<SessionId, watch::Sender<Changes>>>,
+}
+
+/// A stream's registration; dropping it frees the session's channel once nobody listens.
+pub struct Subscription {
+    feed: Arc<SessionFeed>,
+    session: SessionId,
+    receiver: Option<watch::Receiver<Changes>>,
+}
+
+impl SessionFeed {
+    pub fn subscribe(self: &Arc<Self>, session: &SessionId) -> Subscription {
+        let mut channels = self.lock();
+        let sender = channels
+            .entry(session.clone())
+            .or_insert_with(|| watch::channel(Changes::default()).0);
+        Subscription {
+            feed: Arc::clone(self),
+            session: session.clone(),
+            receiver: Some(sender.subscribe()),
+        }
+    }
+
+    /// Events were appended to `session`.
+    pub fn appended(&self, session: &SessionId) {
+        self.signal(Some(session), |c| c.appends += 1);
+    }
+
+    /// `session` was closed.
+    pub fn closed(&self, session: &SessionId) {
+        self.signal(Some(session), |c| c.closes += 1);
+    }
+
+    /// Anything may have changed anywhere: after a gap in change notifications, or on each
+    /// tick when the deployment offers no change notifications at all.
+    pub fn everything_changed(&self) {
+        self.signal(None, |c| {
+            c.appends += 1;
+            c.closes += 1;
+        });
+    }
+
+    /// Sessions with at least one listening stream on this instance.
+    pub fn watched(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn signal(&self, session: Option<&SessionId>, change: impl Fn(&mut Changes)) {
+        let channels = self.lock();
+        let bump = |sender: &watch::Sender<Changes>| sender.send_modify(&change);
+        match session {
+            Some(id) => channels.get(id).into_iter().for_each(bump),
+            None => channels.values().for_each(bump),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, watch::Sender<Changes>>> {
+        // The map holds no invariant a panic could break half-way: keep using it.
+        self.channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Subscription {
+    /// Waits for the next change, and says which kinds happened since the last call.
+    /// Pending forever once the feed is gone, which it never is while this exists.
+    pub async fn changed(&mut self) -> Changes {
+        let Some(receiver) = self.receiver.as_mut() else {
+            return std::future::pending().await;
+        };
+        if receiver.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        *receiver.borrow_and_update()
+    }
+
+    /// The counts as of now, marking them seen.
+    pub fn current(&mut self) -> Changes {
+        self.receiver
+            .as_mut()
+            .map(|r| *r.borrow_and_update())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        let mut channels = self.feed.lock();
+        if channels
+            .get(&self.session)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            channels.remove(&self.session);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sid(s: &str) -> SessionId {
+        SessionId::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn wakes_only_the_streams_of_the_changed_session() {
+        let feed = Arc::new(SessionFeed::default());
+        let mut a = feed.subscribe(&sid("a"));
+        let mut b = feed.subscribe(&sid("b"));
+        feed.appended(&sid("a"));
+        feed.closed(&sid("a"));
+        let changes = a.changed().await;
+        assert_eq!(
+            changes,
+            Changes {
+                appends: 1,
+                closes: 1
+            }
+        );
+        let nothing = tokio::time::timeout(std::time::Duration::from_millis(20), b.changed()).await;
+        assert!(nothing.is_err(), "b was not touched");
+        feed.everything_changed();
+        assert_eq!(
+            b.changed().await,
+            Changes {
+                appends: 1,
+                closes: 1
+            }
+        );
+    }
+
+    #[test]
+    fn frees_a_session_channel_when_its_last_stream_leaves() {
+        let feed = Arc::new(SessionFeed::default());
+        let first = feed.subscribe(&sid("a"));
+        let second = feed.subscribe(&sid("a"));
+        assert_eq!(feed.watched(), 1);
+        drop(first);
+        assert_eq!(feed.watched(), 1);
+        drop(second);
+        assert_eq!(feed.watched(), 0);
+        feed.appended(&sid("a"));
+    }
+}
