@@ -1,6 +1,6 @@
 //! Startup shared by `main` and the tests: pick the store, bind, serve until told to stop.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +13,12 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::feed::SessionFeed;
+use crate::http::ApiKeys;
+use crate::metrics::Metrics;
 use crate::service::{EventService, LiveService, SessionService};
-use crate::store::{EventRepository, MemoryStore, MongoStore, SessionRepository, StoreError};
+use crate::store::{
+    EventRepository, MemoryStore, Metered, MongoStore, SessionRepository, StoreError,
+};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -22,20 +26,35 @@ pub struct AppState {
     pub sessions: SessionService,
     pub events: EventService,
     pub live: LiveService,
+    pub metrics: Arc<Metrics>,
+    /// `None`: the API is open.
+    pub api_keys: Option<ApiKeys>,
     /// How often an idle live stream sends a heartbeat comment.
     pub heartbeat: Duration,
 }
 
 impl AppState {
-    fn new(
+    fn new<S>(
         config: &Config,
-        sessions: Arc<dyn SessionRepository>,
-        events: Arc<dyn EventRepository>,
+        store: Arc<S>,
         feed: Arc<SessionFeed>,
         stop: watch::Receiver<bool>,
-    ) -> Self {
+    ) -> Self
+    where
+        S: SessionRepository + EventRepository + 'static,
+    {
+        let metrics = Arc::new(Metrics::default());
+        let metered = Arc::new(Metered::new(store, Arc::clone(&metrics)));
+        let sessions: Arc<dyn SessionRepository> = metered.clone();
+        let events: Arc<dyn EventRepository> = metered;
         Self {
-            sessions: SessionService::new(Arc::clone(&sessions), Arc::clone(&feed)),
+            metrics,
+            api_keys: config.api_keys.as_deref().map(ApiKeys::new),
+            sessions: SessionService::new(
+                Arc::clone(&sessions),
+                Arc::clone(&events),
+                Arc::clone(&feed),
+            ),
             events: EventService::new(
                 Arc::clone(&sessions),
                 Arc::clone(&events),
@@ -66,6 +85,7 @@ pub struct Application {
     router: Router,
     mongo: Option<Arc<MongoStore>>,
     stop: watch::Sender<bool>,
+    grace: Duration,
 }
 
 impl Application {
@@ -75,11 +95,12 @@ impl Application {
         let (state, mongo) = match &config.mongo {
             Some(mongo_config) => {
                 let store = Arc::new(MongoStore::connect(mongo_config).await?);
+                store.apply_retention(config.retention).await?;
                 tracing::info!("using MongoDB");
                 tokio::spawn(
                     Arc::clone(&store).follow_changes(Arc::clone(&feed), stop.subscribe()),
                 );
-                let state = AppState::new(config, store.clone(), store.clone(), feed, stopping);
+                let state = AppState::new(config, Arc::clone(&store), feed, stopping);
                 (state, Some(store))
             }
             None => {
@@ -88,12 +109,19 @@ impl Application {
                      set DB_URI to a MongoDB deployment to keep data"
                 );
                 let store = Arc::new(MemoryStore::default());
-                (
-                    AppState::new(config, store.clone(), store, feed, stopping),
-                    None,
-                )
+                if let Some(retention) = config.retention {
+                    tokio::spawn(sweep_expired(
+                        Arc::clone(&store),
+                        retention,
+                        stop.subscribe(),
+                    ));
+                }
+                (AppState::new(config, store, feed, stopping), None)
             }
         };
+        if config.api_keys.is_none() {
+            tracing::warn!("API_KEYS is not set: the API is open to anyone who can reach it");
+        }
         let addr = format!("{}:{}", config.host, config.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -103,6 +131,7 @@ impl Application {
             router: crate::http::router(state, config.body_limit_bytes),
             mongo,
             stop,
+            grace: config.shutdown_grace,
         })
     }
 
@@ -115,27 +144,62 @@ impl Application {
         self.local_addr().map_or(0, |a| a.port())
     }
 
-    /// Serves until `shutdown` resolves, lets in-flight requests finish, then closes the
-    /// database client.
+    /// Serves until `shutdown` resolves; then stops accepting, gives in-flight requests the
+    /// grace period to finish, and closes the database client.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "listening");
         let stop = self.stop;
+        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
         let stopping = async move {
             shutdown.await;
             // Live streams never end by themselves: end them, so in-flight requests can.
             let _ = stop.send(true);
+            let _ = signalled.send(());
         };
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(stopping)
-            .await?;
+        let grace = self.grace;
+        let grace_over = async move {
+            match on_signal.await {
+                Ok(()) => tokio::time::sleep(grace).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(stopping);
+        tokio::select! {
+            served = served.into_future() => served?,
+            () = grace_over => tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "grace period over; unfinished requests are dropped"
+            ),
+        }
         if let Some(mongo) = self.mongo {
             mongo.shutdown().await;
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The in-memory store's stand-in for MongoDB's TTL monitor.
+async fn sweep_expired(
+    store: Arc<MemoryStore>,
+    retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = (retention / 10).clamp(Duration::from_millis(50), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let erased = store.erase_expired(retention);
+                if erased > 0 {
+                    tracing::info!(erased, "erased sessions past retention");
+                }
+            }
+            () = crate::feed::stopped(&mut stop) => return,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 const DEFAULT_DB_TIMEOUT_MS: u64 = 3000;
 const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
 const DEFAULT_SSE_MAX_STREAMS: usize = 1000;
+const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,6 +35,13 @@ pub struct Config {
     pub sse_heartbeat: Duration,
     /// Live streams one instance serves at once; more get 503.
     pub sse_max_streams: usize,
+    /// Bearer keys that open the API; `None` leaves it open to anyone who can reach it.
+    pub api_keys: Option<Vec<String>>,
+    /// Closed sessions, with their events, are erased this long after they ended
+    /// (`RETENTION_DAYS`); `None` keeps everything.
+    pub retention: Option<Duration>,
+    /// How long in-flight requests may take to finish after a stop signal.
+    pub shutdown_grace: Duration,
 }
 
 /// A setting that is present but unusable.
@@ -98,12 +106,61 @@ impl Config {
                 )?,
                 "SSE_HEARTBEAT_SECS",
             )?),
-            sse_max_streams: parse_or(
+            sse_max_streams: positive(
+                parse_or(
+                    "SSE_MAX_STREAMS",
+                    get("SSE_MAX_STREAMS"),
+                    DEFAULT_SSE_MAX_STREAMS,
+                )?,
                 "SSE_MAX_STREAMS",
-                get("SSE_MAX_STREAMS"),
-                DEFAULT_SSE_MAX_STREAMS,
-            )?,
+            )?
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
+            api_keys: get("API_KEYS").map(|raw| api_keys(&raw)).transpose()?,
+            retention: get("RETENTION_DAYS")
+                .map(|raw| {
+                    parse_or("RETENTION_DAYS", Some(raw), 0_u64)
+                        .and_then(|d| positive(d, "RETENTION_DAYS"))
+                        .map(|days| Duration::from_secs(days.saturating_mul(86_400)))
+                })
+                .transpose()?,
+            shutdown_grace: Duration::from_secs(parse_or(
+                "SHUTDOWN_GRACE_SECS",
+                get("SHUTDOWN_GRACE_SECS"),
+                DEFAULT_SHUTDOWN_GRACE_SECS,
+            )?),
         })
+    }
+}
+
+/// Keys separated by commas (or newlines), or the path of a file that holds them.
+fn api_keys(raw: &str) -> Result<Vec<String>, ConfigError> {
+    let path = std::path::Path::new(raw.trim());
+    let text = if path.is_absolute() || raw.starts_with("./") {
+        std::fs::read_to_string(path).map_err(|e| ConfigError {
+            name: "API_KEYS",
+            message: format!("cannot read the key file {}: {e}", path.display()),
+        })?
+    } else {
+        raw.to_owned()
+    };
+    let keys: Vec<String> = text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let usable =
+        |k: &String| (16..=256).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic());
+    match keys.iter().find(|k| !usable(k)) {
+        _ if keys.is_empty() => Err(ConfigError {
+            name: "API_KEYS",
+            message: "holds no key".to_owned(),
+        }),
+        Some(_) => Err(ConfigError {
+            name: "API_KEYS",
+            message: "every key must be 16 to 256 visible ASCII characters".to_owned(),
+        }),
+        None => Ok(keys),
     }
 }
 
@@ -162,6 +219,27 @@ mod tests {
         assert_eq!(mongo.uri, "mongodb://db:27017/x");
         assert_eq!(mongo.timeout, Duration::from_millis(500));
         assert_eq!(mongo.db_name, None);
+    }
+
+    #[test]
+    fn reads_api_keys_from_the_value_or_a_file() {
+        let c = config(&[("API_KEYS", "key-one-0123456789, key-two-0123456789")]).unwrap();
+        assert_eq!(
+            c.api_keys.unwrap(),
+            ["key-one-0123456789", "key-two-0123456789"]
+        );
+        let file = std::env::temp_dir().join(format!("keys-{}", std::process::id()));
+        std::fs::write(&file, "file-key-0123456789\n\nsecond-key-0123456789\n").unwrap();
+        let c = config(&[("API_KEYS", file.to_str().unwrap())]).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(
+            c.api_keys.unwrap(),
+            ["file-key-0123456789", "second-key-0123456789"]
+        );
+        assert!(config(&[]).unwrap().api_keys.is_none());
+        for bad in ["short", ",", "/no/such/file", "has space in the key 0123"] {
+            assert!(config(&[("API_KEYS", bad)]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! lost, doubled or spurious wake-up can delay a message but never lose or repeat one.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -27,6 +28,8 @@ pub struct Changes {
 #[derive(Default)]
 pub struct SessionFeed {
     channels: Mutex<HashMap<SessionId, watch::Sender<Changes>>>,
+    /// Whether database change streams currently feed this instance (else it polls).
+    change_streams: AtomicBool,
 }
 
 /// A stream's registration; dropping it frees the session's channel once nobody listens.
@@ -66,6 +69,15 @@ impl SessionFeed {
             c.appends += 1;
             c.closes += 1;
         });
+    }
+
+    pub fn set_change_streams(&self, active: bool) {
+        self.change_streams.store(active, Ordering::Relaxed);
+    }
+
+    /// Whether changes made through other instances arrive by change stream.
+    pub fn change_streams(&self) -> bool {
+        self.change_streams.load(Ordering::Relaxed)
     }
 
     /// Sessions with at least one listening stream on this instance.

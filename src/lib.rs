@@ -2,10 +2,12 @@
 //! REST, stored in MongoDB or in memory.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod feed;
 pub mod http;
+pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod telemetry;

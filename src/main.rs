@@ -1,12 +1,14 @@
 use std::process::ExitCode;
 
-use conversation_sessions::{shutdown_signal, telemetry, Application, Config};
+use clap::Parser;
+use conversation_sessions::cli::Cli;
+use conversation_sessions::{shutdown_signal, telemetry, Application};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // A missing .env is normal; the environment alone may configure everything.
     let _ = dotenvy::dotenv();
-    let config = match Config::from_env() {
+    let config = match Cli::parse().into_config() {
         Ok(config) => config,
         Err(err) => {
             eprintln!("configuration error: {err}");

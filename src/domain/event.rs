@@ -2,6 +2,9 @@ use serde::Serialize;
 
 use super::{EventId, JsonObject, SessionId, Timestamp, ValidationError};
 
+/// The live stream's closing message; no event may pass for it.
+const RESERVED_TYPE: &str = "session.closed";
+
 /// An event type: a letter, then up to 63 letters, digits or `_.:-`
 /// (`user_speech`, `bot_speech`, `system`, `TRANSCRIPT`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -15,7 +18,12 @@ impl EventType {
         let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
         let rest_ok =
             chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'));
-        if first_ok && rest_ok && raw.len() <= 64 {
+        if raw == RESERVED_TYPE {
+            Err(ValidationError::new(
+                "type",
+                "session.closed is reserved: live streams use it for the end of a session",
+            ))
+        } else if first_ok && rest_ok && raw.len() <= 64 {
             Ok(Self(raw))
         } else {
             Err(ValidationError::new(
@@ -116,7 +124,17 @@ mod tests {
     #[test]
     fn rejects_types_outside_the_pattern() {
         let long = format!("a{}", "b".repeat(64));
-        for bad in ["", "1abc", "_x", "a b", "a/b", "$type", &long, "é"] {
+        for bad in [
+            "",
+            "1abc",
+            "_x",
+            "a b",
+            "a/b",
+            "$type",
+            &long,
+            "é",
+            "session.closed",
+        ] {
             assert_eq!(EventType::parse(bad).unwrap_err().field, "type", "{bad:?}");
         }
     }

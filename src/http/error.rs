@@ -24,6 +24,10 @@ pub enum ApiError {
     InvalidCursor(String),
     #[error("no route matches this path")]
     NotFound,
+    #[error("a valid API key is required: send Authorization: Bearer <key>")]
+    Unauthorized,
+    #[error("not ready: the database did not answer a ping")]
+    NotReady,
     #[error(transparent)]
     Service(#[from] ServiceError),
     #[error("internal error")]
@@ -70,6 +74,8 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "invalid_cursor", None)
             }
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", None),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             Self::Service(S::SessionNotFound(_)) => {
                 (StatusCode::NOT_FOUND, "session_not_found", None)
             }
@@ -101,7 +107,13 @@ impl ApiError {
     /// What the client reads. Server faults get a fixed sentence: causes stay in the log.
     fn client_message(&self, status: StatusCode) -> String {
         match status {
-            _ if matches!(self, Self::Service(ServiceError::Overloaded(_))) => self.to_string(),
+            _ if matches!(
+                self,
+                Self::Service(ServiceError::Overloaded(_)) | Self::NotReady
+            ) =>
+            {
+                self.to_string()
+            }
             StatusCode::SERVICE_UNAVAILABLE => {
                 "the database is unavailable; retry with the same ids".to_owned()
             }
@@ -148,6 +160,7 @@ impl ErrorBody {
             ),
             StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request took too long"),
             StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "the service is unavailable"),
+            StatusCode::UNAUTHORIZED => ("unauthorized", "a valid API key is required"),
             s if s.is_server_error() => ("internal", "internal error"),
             _ => ("bad_request", "the request is not valid"),
         };
@@ -182,7 +195,9 @@ impl ErrorBody {
 impl IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         let (status, code, details) = self.parts();
-        if status.is_server_error() {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %cause_chain(&self), code, "request refused");
+        } else if status.is_server_error() {
             tracing::error!(error = %cause_chain(&self), code, "request failed");
         }
         let body = ErrorBody {
@@ -191,6 +206,12 @@ impl IntoResponse for ApiError {
             details,
         };
         let mut response = status.into_response();
+        if matches!(self, Self::Unauthorized) {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
         response.extensions_mut().insert(body);
         response
     }

@@ -19,7 +19,8 @@ use crate::domain::{
     Event, EventId, EventType, JsonObject, NewEvent, Order, SessionId, Timestamp, ValidationError,
     MAX_PAYLOAD_BYTES,
 };
-use crate::service::{BatchItem, PagePosition, PageRequest, TailMessage};
+use crate::metrics::EventOutcome;
+use crate::service::{BatchItem, PagePosition, PageRequest, ServiceError, TailMessage, Written};
 use crate::store::EventFilter;
 
 const DEFAULT_LIMIT: usize = 50;
@@ -66,8 +67,18 @@ async fn append(
     ApiJson(body): ApiJson<AppendEventBody>,
 ) -> Result<Response, ApiError> {
     let session = SessionId::parse(session_id)?;
-    let written_event = state.events.append(&session, body.parse()?).await?;
-    Ok(written(written_event, |e| {
+    let appended = state.events.append(&session, body.parse()?).await;
+    let outcome = match &appended {
+        Ok(Written::Created(_)) => Some(EventOutcome::Accepted),
+        Ok(Written::Existing(_)) => Some(EventOutcome::Replayed),
+        Err(ServiceError::EventConflict(_)) => Some(EventOutcome::Conflicting),
+        Err(ServiceError::SessionClosed(_)) => Some(EventOutcome::RejectedClosed),
+        Err(_) => None,
+    };
+    if let Some(outcome) = outcome {
+        state.metrics.events(outcome, 1);
+    }
+    Ok(written(appended?, |e| {
         format!("/sessions/{}/events/{}", e.session_id, e.event_id)
     }))
 }
@@ -132,12 +143,28 @@ async fn append_batch(
     if !(1..=MAX_BATCH).contains(&body.events.len()) {
         return Err(ApiError::validation("events", "must hold 1 to 500 events"));
     }
-    let items = body
+    let items: Vec<Result<NewEvent, ValidationError>> = body
         .events
         .into_iter()
         .map(|item| from_value::<AppendEventBody>(item).and_then(AppendEventBody::parse))
         .collect();
-    let outcomes = state.events.append_batch(&session, items).await?;
+    let count = items.len() as u64;
+    let outcomes = match state.events.append_batch(&session, items).await {
+        Err(closed @ ServiceError::SessionClosed(_)) => {
+            state.metrics.events(EventOutcome::RejectedClosed, count);
+            return Err(closed.into());
+        }
+        other => other?,
+    };
+    for outcome in &outcomes {
+        let counted = match outcome {
+            BatchItem::Created(_) => EventOutcome::Accepted,
+            BatchItem::Existing(_) => EventOutcome::Replayed,
+            BatchItem::Conflict(_) => EventOutcome::Conflicting,
+            BatchItem::Invalid(_) => continue,
+        };
+        state.metrics.events(counted, 1);
+    }
     let results: Vec<BatchResult> = outcomes.into_iter().map(BatchResult::from).collect();
     Ok(Json(json!({ "results": results })).into_response())
 }
@@ -202,6 +229,7 @@ async fn stream(
     mut query: QueryParams,
 ) -> Result<Response, ApiError> {
     if wants_json_not_stream(&headers) {
+        query.finish()?;
         return read_event(&state, session_id, "stream".to_owned()).await;
     }
     let session = SessionId::parse(session_id)?;

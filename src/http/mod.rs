@@ -1,13 +1,16 @@
 //! The HTTP edge: routes, extractors, the error envelope, request ids and tracing.
 
+mod auth;
 mod error;
 mod events;
 mod extract;
+mod health;
 mod sessions;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,11 +20,13 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
+pub use auth::ApiKeys;
 pub use error::ApiError;
 use error::ErrorBody;
 use extract::BodyLimit;
 
 use crate::app::AppState;
+use crate::metrics::Metrics;
 use crate::service::Written;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -32,9 +37,15 @@ pub struct RequestId(pub String);
 
 /// The whole HTTP API over `state`, with its middleware.
 pub fn router(state: AppState, body_limit: usize) -> Router {
-    Router::new()
+    let keys = state.api_keys.clone();
+    let metrics = Arc::clone(&state.metrics);
+    let api = Router::new()
         .merge(sessions::router())
         .merge(events::router())
+        .route_layer(middleware::from_fn_with_state(keys, auth::require_api_key));
+    Router::new()
+        .merge(api)
+        .merge(health::router())
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -46,6 +57,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
                 .on_request(())
+                // Server errors are logged once, with their cause chain, where they arise.
+                .on_failure(())
                 .on_response(|res: &Response, latency: Duration, _: &Span| {
                     tracing::info!(
                         status = res.status().as_u16(),
@@ -54,24 +67,45 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
                     );
                 }),
         )
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(metrics, request_context))
 }
 
-/// Request spans name the route template, never the raw path with its ids.
+/// Request spans name the route template, never the raw path, plus the session id.
 fn request_span(req: &Request) -> Span {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
+    let route = route_of(req);
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map_or("", |id| id.0.as_str());
-    tracing::info_span!("request", method = %req.method(), route, request_id)
+    let session_id = session_id_of(route, req.uri().path()).unwrap_or("");
+    tracing::info_span!("request", method = %req.method(), route, request_id, session_id)
 }
 
-/// Assigns the request id, and renders every error response in the one envelope.
-async fn request_context(mut req: Request, next: Next) -> Response {
+fn route_of(req: &Request) -> &str {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+}
+
+/// The path segment that the route template names `{session_id}`.
+fn session_id_of<'a>(template: &str, path: &'a str) -> Option<&'a str> {
+    template
+        .split('/')
+        .zip(path.split('/'))
+        .find(|(t, _)| *t == "{session_id}")
+        .map(|(_, segment)| segment)
+}
+
+/// Assigns the request id, renders every error response in the one envelope, and counts
+/// the request.
+async fn request_context(
+    State(metrics): State<Arc<Metrics>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = route_of(&req).to_owned();
     let id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -92,6 +126,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
+    metrics.request(method.as_str(), &route, status.as_u16(), started.elapsed());
     res
 }
 

@@ -1,6 +1,7 @@
 //! `/sessions` routes.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,7 +23,7 @@ use crate::store::SessionFilter;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/sessions", post(create).get(list))
-        .route("/sessions/{session_id}", get(read))
+        .route("/sessions/{session_id}", get(read).delete(erase))
         .route("/sessions/{session_id}/complete", post(complete))
 }
 
@@ -79,6 +80,14 @@ async fn list(State(state): State<AppState>, mut query: QueryParams) -> Result<R
     let language = query.take("language")?.map(Language::parse).transpose()?;
     let started_after = time_param(&mut query, "startedAfter")?;
     let started_before = time_param(&mut query, "startedBefore")?;
+    if let (Some(after), Some(before)) = (started_after, started_before) {
+        if after >= before {
+            return Err(ApiError::validation(
+                "startedBefore",
+                "must be later than startedAfter",
+            ));
+        }
+    }
     let metadata = metadata_filters(query.take_prefixed("metadata."))?;
     query.finish()?;
     let filter = SessionFilter {
@@ -164,6 +173,16 @@ async fn read(
         None => None,
     };
     Ok(Json(SessionView { session, events }).into_response())
+}
+
+/// `DELETE /sessions/{id}`: erases the session and its events; 204, or 404.
+async fn erase(
+    State(state): State<AppState>,
+    ApiPath(session_id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = SessionId::parse(session_id)?;
+    state.sessions.erase(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Default, Deserialize)]

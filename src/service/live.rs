@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::ServiceError;
 use crate::domain::{Event, Order, Session, SessionId, Timestamp};
-use crate::feed::{stopped, SessionFeed, Subscription};
+use crate::feed::{stopped, Changes, SessionFeed, Subscription};
 use crate::store::{EventFilter, EventPageQuery, EventRepository, PageStart, SessionRepository};
 
 /// Events read from the store per query while catching up.
@@ -69,6 +69,11 @@ impl LiveService {
         self.max_streams - self.permits.available_permits()
     }
 
+    /// Whether changes made through other instances arrive by database change stream.
+    pub fn change_streams(&self) -> bool {
+        self.feed.change_streams()
+    }
+
     /// Starts a tail of the events after `after_seq`. The stream's resources (its task, its
     /// buffer, its feed subscription and its slot) are freed when the receiver is dropped.
     #[tracing::instrument(skip_all, fields(session_id = %session, after_seq))]
@@ -80,8 +85,10 @@ impl LiveService {
         let permit = Arc::clone(&self.permits)
             .try_acquire_owned()
             .map_err(|_| ServiceError::Overloaded("too many live streams are open"))?;
-        // Subscribe before reading, so that no change between the read and the wait is missed.
-        let subscription = self.feed.subscribe(session);
+        // Subscribe, and note the counts, before reading the session: a close that lands
+        // after the read then shows as a change.
+        let mut subscription = self.feed.subscribe(session);
+        let seen = subscription.current();
         let current = self
             .sessions
             .get(session)
@@ -95,14 +102,25 @@ impl LiveService {
             last_seq: after_seq,
             gap: None,
             sender,
+            stop: self.stop.clone(),
         };
-        tokio::spawn(tail.run(subscription, permit, current, self.stop.clone()));
+        tokio::spawn(tail.run(subscription, seen, permit, current));
         Ok(receiver)
     }
 }
 
 /// The stream is over: its reader left, or the service is stopping.
 struct Gone;
+
+/// How far a delivery got.
+enum Delivered {
+    /// Every stored event after the position was sent.
+    All,
+    /// Stopped at a gap that may still fill; look again at this instant.
+    UpToGap(Instant),
+    /// The store did not answer; try again at this instant.
+    StoreFailed(Instant),
+}
 
 /// One running stream.
 struct Tail {
@@ -113,29 +131,35 @@ struct Tail {
     /// The seq just past a gap, and when this stream first saw that gap.
     gap: Option<(i64, Instant)>,
     sender: mpsc::Sender<TailMessage>,
+    stop: watch::Receiver<bool>,
 }
 
 impl Tail {
     async fn run(
         mut self,
         mut subscription: Subscription,
+        mut seen: Changes,
         _permit: OwnedSemaphorePermit,
         mut session: Session,
-        mut stop: watch::Receiver<bool>,
     ) {
-        let mut seen = subscription.current();
         let mut closed_since = (!session.status.is_open()).then(Instant::now);
         loop {
-            let Ok(mut wake) = self.deliver(false).await else {
-                return;
+            let mut wake = match self.deliver(false).await {
+                Err(Gone) => return,
+                Ok(Delivered::All) => None,
+                Ok(Delivered::UpToGap(at) | Delivered::StoreFailed(at)) => Some(at),
             };
             if let Some(since) = closed_since {
                 if since.elapsed() >= SETTLE || is_old(session.updated_at) {
-                    let _ = self.finish(session).await;
-                    return;
+                    match self.finish(&session).await {
+                        Ok(true) | Err(Gone) => return,
+                        Ok(false) => wake = Some(Instant::now() + RETRY),
+                    }
+                } else {
+                    wake = earliest(wake, Some(since + SETTLE));
                 }
-                wake = earliest(wake, Some(since + SETTLE));
             }
+            let mut stop = self.stop.clone();
             tokio::select! {
                 changes = subscription.changed() => {
                     if changes.closes != seen.closes && closed_since.is_none() {
@@ -144,7 +168,9 @@ impl Tail {
                                 session = now;
                                 closed_since = Some(Instant::now());
                             }
-                            Ok(_) => {}
+                            // Erased: there is nothing left to follow.
+                            Ok(None) => return,
+                            Ok(Some(_)) => {}
                             Err(e) => tracing::warn!(error = %e, "live stream could not read its session"),
                         }
                     }
@@ -157,15 +183,21 @@ impl Tail {
         }
     }
 
-    /// Sends what is left, past any gap, then the close.
-    async fn finish(&mut self, session: Session) -> Result<(), Gone> {
-        self.deliver(true).await?;
-        self.send(TailMessage::Closed(session)).await
+    /// Sends what is left, past any gap, then the close. `Ok(false)` when the store did not
+    /// answer: the close must not go out before every event has.
+    async fn finish(&mut self, session: &Session) -> Result<bool, Gone> {
+        match self.deliver(true).await? {
+            Delivered::StoreFailed(_) => Ok(false),
+            Delivered::All | Delivered::UpToGap(_) => {
+                self.send(TailMessage::Closed(session.clone())).await?;
+                Ok(true)
+            }
+        }
     }
 
-    /// Sends the stored events after `last_seq` in seq order. Stops at a gap that may still
-    /// fill and returns when to look again.
-    async fn deliver(&mut self, past_gaps: bool) -> Result<Option<Instant>, Gone> {
+    /// Sends the stored events after `last_seq` in seq order, stopping at a gap that may
+    /// still fill unless `past_gaps`.
+    async fn deliver(&mut self, past_gaps: bool) -> Result<Delivered, Gone> {
         loop {
             let query = EventPageQuery {
                 order: Order::Asc,
@@ -177,20 +209,21 @@ impl Tail {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(error = %e, "live stream could not read events; retrying");
-                    return Ok(Some(Instant::now() + RETRY));
+                    return Ok(Delivered::StoreFailed(Instant::now() + RETRY));
                 }
             };
             let full = page.len() == CATCH_UP_BATCH;
             for event in page {
                 if !past_gaps && event.seq != self.last_seq + 1 && !self.gap_settled(&event) {
-                    return Ok(self.gap.map(|(_, since)| since + SETTLE));
+                    let since = self.gap.map_or_else(Instant::now, |(_, since)| since);
+                    return Ok(Delivered::UpToGap(since + SETTLE));
                 }
                 self.last_seq = event.seq;
                 self.gap = None;
                 self.send(TailMessage::Event(event)).await?;
             }
             if !full {
-                return Ok(None);
+                return Ok(Delivered::All);
             }
         }
     }
@@ -209,8 +242,13 @@ impl Tail {
         }
     }
 
-    async fn send(&self, message: TailMessage) -> Result<(), Gone> {
-        self.sender.send(message).await.map_err(|_| Gone)
+    /// Waits for room in the reader's buffer, but not past the service's stop.
+    async fn send(&mut self, message: TailMessage) -> Result<(), Gone> {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            sent = self.sender.send(message) => sent.map_err(|_| Gone),
+            () = stopped(&mut stop) => Err(Gone),
+        }
     }
 }
 

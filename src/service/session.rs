@@ -5,7 +5,9 @@ use crate::domain::{
     Cursor, CursorKey, FinalStatus, NewSession, Order, Session, SessionId, SessionStatus, Timestamp,
 };
 use crate::feed::SessionFeed;
-use crate::store::{CreateOutcome, SessionFilter, SessionPageQuery, SessionRepository};
+use crate::store::{
+    CreateOutcome, EventRepository, SessionFilter, SessionPageQuery, SessionRepository,
+};
 
 /// A validated request for a page of sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,12 +48,26 @@ impl SessionListRequest {
 #[derive(Clone)]
 pub struct SessionService {
     sessions: Arc<dyn SessionRepository>,
+    events: Arc<dyn EventRepository>,
     feed: Arc<SessionFeed>,
 }
 
 impl SessionService {
-    pub fn new(sessions: Arc<dyn SessionRepository>, feed: Arc<SessionFeed>) -> Self {
-        Self { sessions, feed }
+    pub fn new(
+        sessions: Arc<dyn SessionRepository>,
+        events: Arc<dyn EventRepository>,
+        feed: Arc<SessionFeed>,
+    ) -> Self {
+        Self {
+            sessions,
+            events,
+            feed,
+        }
+    }
+
+    /// Whether the store answers.
+    pub async fn ready(&self) -> Result<(), ServiceError> {
+        Ok(self.sessions.ping().await?)
     }
 
     /// Creates the session, or recognises a retry of the create that made it.
@@ -105,6 +121,20 @@ impl SessionService {
             next_cursor,
             has_more,
         })
+    }
+
+    /// Erases the session and all its events; afterwards the id is free again.
+    #[tracing::instrument(skip_all, fields(session_id = %id))]
+    pub async fn erase(&self, id: &SessionId) -> Result<(), ServiceError> {
+        // The session goes first, so that no new append can reserve a seq; then its events.
+        let existed = self.sessions.delete(id).await?;
+        self.events.delete_session_events(id).await?;
+        self.feed.closed(id);
+        if existed {
+            Ok(())
+        } else {
+            Err(ServiceError::SessionNotFound(id.clone()))
+        }
     }
 
     /// Ends the session once. Repeating the same close returns the session as it ended.

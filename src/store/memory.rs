@@ -61,6 +61,30 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// Erases closed sessions, with their events, that ended more than `retention` ago.
+    /// Returns how many went.
+    pub fn erase_expired(&self, retention: std::time::Duration) -> usize {
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = Timestamp::now().millis().saturating_sub(retention_ms);
+        let expired = |entry: &Arc<Mutex<SessionEntry>>| {
+            entry.lock().is_ok_and(|e| {
+                e.session
+                    .ended_at
+                    .is_some_and(|ended| ended.millis() < cutoff)
+            })
+        };
+        let mut erased = 0;
+        for shard in self.shards.iter() {
+            let Ok(mut shard) = shard.write() else {
+                continue;
+            };
+            let before = shard.len();
+            shard.retain(|_, entry| !expired(entry));
+            erased += before - shard.len();
+        }
+        erased
+    }
+
     fn shard(&self, id: &SessionId) -> &Shard {
         let mut hasher = DefaultHasher::new();
         id.hash(&mut hasher);
@@ -119,6 +143,15 @@ impl SessionRepository for MemoryStore {
 
     async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
         self.with_entry(id, |e| e.session.clone())
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let mut shard = self.shard(id).write().map_err(|_| poisoned())?;
+        Ok(shard.remove(id).is_some())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError> {
@@ -193,6 +226,17 @@ impl EventRepository for MemoryStore {
             events.iter().map(|event| e.insert(event)).collect()
         })?;
         inserted.ok_or_else(|| StoreError::Backend("events for an unknown session".into()))
+    }
+
+    async fn delete_session_events(&self, session: &SessionId) -> Result<u64, StoreError> {
+        let erased = self.with_entry(session, |e| {
+            let count = e.by_id.len() as u64;
+            e.by_id.clear();
+            e.timeline.clear();
+            e.by_seq.clear();
+            count
+        })?;
+        Ok(erased.unwrap_or(0))
     }
 
     async fn get_many(

@@ -6,6 +6,7 @@
 
 mod bson_json;
 mod memory;
+mod metered;
 pub mod mongo;
 
 use async_trait::async_trait;
@@ -16,6 +17,7 @@ use crate::domain::{
 };
 
 pub use memory::MemoryStore;
+pub use metered::Metered;
 pub use mongo::MongoStore;
 
 /// A boxed error cause, kept for logs and never shown to clients.
@@ -119,7 +121,14 @@ impl SessionFilter {
             && self.started_after.is_none_or(|t| session.started_at >= t)
             && self.started_before.is_none_or(|t| session.started_at < t)
             && self.metadata.iter().all(|(key, value)| {
-                session.metadata.as_map().get(key).and_then(|v| v.as_str()) == Some(value.as_str())
+                // MongoDB's equality: the string itself, or an array that holds it.
+                match session.metadata.as_map().get(key) {
+                    Some(serde_json::Value::String(s)) => s == value,
+                    Some(serde_json::Value::Array(items)) => {
+                        items.iter().any(|i| i.as_str() == Some(value.as_str()))
+                    }
+                    _ => false,
+                }
             })
     }
 }
@@ -144,6 +153,13 @@ pub trait SessionRepository: Send + Sync {
 
     /// One page of sessions matching the query's filter.
     async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError>;
+
+    /// Erases the session document; `false` when there was none. Its events are erased
+    /// separately, through [`EventRepository::delete_session_events`].
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError>;
+
+    /// Whether the store answers: a round trip to the database, or nothing in memory.
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Takes the next `count` seqs of an open session, marks it active and advances its clock
     /// to at least `now`. `None` when the session is missing or closed.
@@ -176,6 +192,9 @@ pub trait EventRepository: Send + Sync {
     async fn insert_many(&self, events: &[Event]) -> Result<Vec<bool>, StoreError>;
 
     async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError>;
+
+    /// Erases every event of the session; returns how many there were.
+    async fn delete_session_events(&self, session: &SessionId) -> Result<u64, StoreError>;
 
     /// The stored events of `session` among `ids`, in no particular order.
     async fn get_many(

@@ -29,6 +29,8 @@ const POLL_TICK: Duration = Duration::from_millis(500);
 /// How long to poll before trying to open change streams again.
 const CHANGE_STREAM_RETRY: Duration = Duration::from_secs(30);
 const DUPLICATE_KEY: i32 = 11000;
+const INDEX_NOT_FOUND: i32 = 27;
+const INDEX_OPTIONS_CONFLICT: i32 = 85;
 const SEQ_INDEX: &str = "session_seq";
 
 /// Server error codes that mean "not now" rather than "never": elections, shutdowns,
@@ -204,6 +206,7 @@ impl MongoStore {
                 followed = self.follow_change_streams(&feed) => followed,
                 () = stopped(&mut stop) => return,
             };
+            feed.set_change_streams(false);
             if let Err(e) = followed {
                 tracing::warn!(
                     error = %e,
@@ -248,6 +251,7 @@ impl MongoStore {
             }}])
             .await?;
         // Whatever happened while no stream was open is read by the woken streams.
+        feed.set_change_streams(true);
         feed.everything_changed();
         loop {
             let changed = tokio::select! {
@@ -273,9 +277,63 @@ impl MongoStore {
         }
     }
 
+    /// Makes MongoDB's TTL monitor erase closed sessions `retention` after they closed, and
+    /// events `retention` after they were received, which, as every event is received
+    /// before its session ends, is no later than its session. `None` removes the TTL indexes.
+    pub async fn apply_retention(&self, retention: Option<Duration>) -> Result<(), StoreError> {
+        let targets = [
+            (
+                self.sessions.name().to_owned(),
+                "closedAt",
+                "sessions_retention",
+            ),
+            (
+                self.events.name().to_owned(),
+                "receivedAt",
+                "events_retention",
+            ),
+        ];
+        let db = self.sessions.clone_with_type::<Document>();
+        let db = db.namespace().db;
+        let db = self.client.database(&db);
+        for (collection, field, name) in targets {
+            let coll = db.collection::<Document>(&collection);
+            let Some(retention) = retention else {
+                match coll.drop_index(name).await {
+                    Err(e) if !is_code(&e, INDEX_NOT_FOUND) => return Err(classify(e)),
+                    _ => continue,
+                }
+            };
+            let ttl = IndexModel::builder()
+                .keys(doc! {field: 1})
+                .options(
+                    IndexOptions::builder()
+                        .name(name.to_owned())
+                        .expire_after(retention)
+                        .build(),
+                )
+                .build();
+            match coll.create_index(ttl).await {
+                Ok(_) => {}
+                // The index exists with another expiry: change it in place.
+                Err(e) if is_code(&e, INDEX_OPTIONS_CONFLICT) => {
+                    db.run_command(doc! {
+                        "collMod": &collection,
+                        "index": {"name": name, "expireAfterSeconds": i64::try_from(retention.as_secs()).unwrap_or(i64::MAX)},
+                    })
+                    .await
+                    .map_err(classify)?;
+                }
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Closes the client's connections.
     pub async fn shutdown(&self) {
-        self.client.clone().shutdown().await;
+        // Immediate: the grace period for in-flight requests is already over.
+        self.client.clone().shutdown().immediate(true).await;
     }
 }
 
@@ -289,6 +347,10 @@ fn time_of(t: BsonDateTime) -> Timestamp {
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("stored document does not parse: {what}").into())
+}
+
+fn is_code(err: &MongoError, code: i32) -> bool {
+    matches!(err.kind.as_ref(), ErrorKind::Command(e) if e.code == code)
 }
 
 /// A duplicate key on anything but the seq index, which only a store whose `lastSeq` went
@@ -440,6 +502,24 @@ impl SessionRepository for MongoStore {
         found.map(SessionDoc::into_session).transpose()
     }
 
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let deleted = self
+            .sessions
+            .delete_one(doc! {"_id": id.as_str()})
+            .await
+            .map_err(classify)?;
+        Ok(deleted.deleted_count > 0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client
+            .database("admin")
+            .run_command(doc! {"ping": 1})
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
     async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError> {
         let direction = match query.order {
             Order::Asc => 1,
@@ -499,7 +579,9 @@ impl SessionRepository for MongoStore {
             .find_one_and_update(
                 doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}},
                 doc! {
-                    "$set": {"status": SessionStatus::from(status).as_str()},
+                    // closedAt is for the retention TTL index only; the API's endedAt is the
+                    // session clock, updatedAt.
+                    "$set": {"status": SessionStatus::from(status).as_str(), "closedAt": bson_time(now)},
                     "$max": {"updatedAt": bson_time(now)},
                 },
             )
@@ -548,6 +630,15 @@ impl EventRepository for MongoStore {
             }
         }
         Ok(inserted)
+    }
+
+    async fn delete_session_events(&self, session: &SessionId) -> Result<u64, StoreError> {
+        let deleted = self
+            .events
+            .delete_many(doc! {"sessionId": session.as_str()})
+            .await
+            .map_err(classify)?;
+        Ok(deleted.deleted_count)
     }
 
     async fn get_many(

@@ -52,6 +52,9 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         log_format: LogFormat::Pretty,
         sse_heartbeat: Duration::from_secs(15),
         sse_max_streams: 1000,
+        api_keys: None,
+        retention: None,
+        shutdown_grace: Duration::from_secs(10),
     };
     adjust(&mut config);
     if std::env::var_os("TEST_LOG").is_some() {

@@ -93,5 +93,13 @@ async fn requests_fail_fast_with_503_when_the_database_is_gone() {
         assert_error(status, &body, 503, "unavailable");
         let (status, body) = app.get("/sessions/before/events").await;
         assert_error(status, &body, 503, "unavailable");
+        let (status, body) = app.get("/readyz").await;
+        assert_error(status, &body, 503, "unavailable");
+        let (status, _) = app.get("/healthz").await;
+        assert_eq!(
+            status,
+            reqwest::StatusCode::OK,
+            "the process itself still serves"
+        );
     }
 }

@@ -1,0 +1,138 @@
+//! The command line: every setting as a flag that falls back to its environment variable.
+
+use std::collections::HashMap;
+
+use clap::Parser;
+
+use crate::config::{Config, ConfigError};
+
+/// Conversation Session Service: sessions and their immutable events over REST, stored in
+/// MongoDB (DB_URI) or, without it, in memory.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Address to bind.
+    #[arg(long, env = "HOST", value_name = "ADDR", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to bind; 0 picks a free one.
+    #[arg(long, env = "PORT", default_value = "3000")]
+    port: String,
+    /// MongoDB connection string; without it the in-memory store is used.
+    #[arg(long, env = "DB_URI", value_name = "URI")]
+    db_uri: Option<String>,
+    /// Database name; overrides the one in the URI (default: conversation).
+    #[arg(long, env = "DB_NAME", value_name = "NAME")]
+    db_name: Option<String>,
+    /// Server selection, connect and per-operation time limit in milliseconds.
+    #[arg(long, env = "DB_TIMEOUT_MS", value_name = "MS", default_value = "3000")]
+    db_timeout_ms: String,
+    /// Connections per MongoDB server (default: the driver's, 10).
+    #[arg(long, env = "DB_MAX_POOL_SIZE", value_name = "N")]
+    db_max_pool_size: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(
+        long,
+        env = "BODY_LIMIT_BYTES",
+        value_name = "BYTES",
+        default_value = "262144"
+    )]
+    body_limit_bytes: String,
+    /// pretty or json.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "pretty"
+    )]
+    log_format: String,
+    /// Bearer keys, comma-separated, or the path of a file holding them; unset leaves the API open.
+    #[arg(
+        long,
+        env = "API_KEYS",
+        value_name = "KEYS|FILE",
+        hide_env_values = true
+    )]
+    api_keys: Option<String>,
+    /// Erase closed sessions and their events this many days after they ended.
+    #[arg(long, env = "RETENTION_DAYS", value_name = "DAYS")]
+    retention_days: Option<String>,
+    /// Seconds in-flight requests get to finish after SIGTERM or ctrl-c.
+    #[arg(
+        long,
+        env = "SHUTDOWN_GRACE_SECS",
+        value_name = "SECS",
+        default_value = "10"
+    )]
+    shutdown_grace_secs: String,
+    /// Seconds between heartbeat comments on an idle live stream.
+    #[arg(
+        long,
+        env = "SSE_HEARTBEAT_SECS",
+        value_name = "SECS",
+        default_value = "15"
+    )]
+    sse_heartbeat_secs: String,
+    /// Live streams one instance serves at once.
+    #[arg(
+        long,
+        env = "SSE_MAX_STREAMS",
+        value_name = "N",
+        default_value = "1000"
+    )]
+    sse_max_streams: String,
+}
+
+impl Cli {
+    /// Validates the settings into a [`Config`], by the same rules as the environment.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let settings: HashMap<&str, Option<String>> = HashMap::from([
+            ("HOST", Some(self.host)),
+            ("PORT", Some(self.port)),
+            ("DB_URI", self.db_uri),
+            ("DB_NAME", self.db_name),
+            ("DB_TIMEOUT_MS", Some(self.db_timeout_ms)),
+            ("DB_MAX_POOL_SIZE", self.db_max_pool_size),
+            ("BODY_LIMIT_BYTES", Some(self.body_limit_bytes)),
+            ("LOG_FORMAT", Some(self.log_format)),
+            ("API_KEYS", self.api_keys),
+            ("RETENTION_DAYS", self.retention_days),
+            ("SHUTDOWN_GRACE_SECS", Some(self.shutdown_grace_secs)),
+            ("SSE_HEARTBEAT_SECS", Some(self.sse_heartbeat_secs)),
+            ("SSE_MAX_STREAMS", Some(self.sse_max_streams)),
+        ]);
+        Config::from_lookup(|name| settings.get(name).cloned().flatten())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_become_settings() {
+        let cli = Cli::try_parse_from([
+            "svc",
+            "--port",
+            "4000",
+            "--db-uri",
+            "mongodb://db",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let config = cli.into_config().unwrap();
+        assert_eq!(config.port, 4000);
+        assert_eq!(config.mongo.unwrap().uri, "mongodb://db");
+        assert_eq!(config.log_format, crate::config::LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_flag_values_are_reported_by_setting() {
+        let cli = Cli::try_parse_from(["svc", "--port", "web"]).unwrap();
+        assert!(cli
+            .into_config()
+            .unwrap_err()
+            .to_string()
+            .starts_with("PORT"));
+    }
+}

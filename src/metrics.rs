@@ -1,0 +1,160 @@
+//! Prometheus metrics, kept per application instance (no global recorder), rendered at
+//! `GET /metrics`.
+
+use std::time::Duration;
+
+use metrics::{Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+const METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Latency buckets in seconds, from a cache hit to a database time-out.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// What became of a submitted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    Accepted,
+    Replayed,
+    Conflicting,
+    RejectedClosed,
+}
+
+impl EventOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Replayed => "replayed",
+            Self::Conflicting => "conflicting",
+            Self::RejectedClosed => "rejected_closed",
+        }
+    }
+}
+
+/// The service's metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        Self { recorder, handle }
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+impl Metrics {
+    /// One served HTTP request, by route template (never the raw path).
+    pub fn request(&self, method: &str, route: &str, status: u16, latency: Duration) {
+        let status = status.to_string();
+        self.recorder
+            .register_counter(
+                &key(
+                    "http_requests_total",
+                    &[("method", method), ("route", route), ("status", &status)],
+                ),
+                &METADATA,
+            )
+            .increment(1);
+        self.recorder
+            .register_histogram(
+                &key(
+                    "http_request_duration_seconds",
+                    &[("method", method), ("route", route)],
+                ),
+                &METADATA,
+            )
+            .record(latency.as_secs_f64());
+    }
+
+    pub fn events(&self, outcome: EventOutcome, count: u64) {
+        self.recorder
+            .register_counter(
+                &key("events_total", &[("outcome", outcome.label())]),
+                &METADATA,
+            )
+            .increment(count);
+    }
+
+    /// One store operation and whether it succeeded.
+    pub fn store_operation(&self, operation: &'static str, ok: bool, latency: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.recorder
+            .register_histogram(
+                &key(
+                    "store_operation_duration_seconds",
+                    &[("operation", operation), ("result", result)],
+                ),
+                &METADATA,
+            )
+            .record(latency.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition, with gauges read at scrape time.
+    pub fn render(&self, open_streams: usize, change_streams: bool) -> String {
+        self.recorder
+            .register_gauge(&key("live_streams_open", &[]), &METADATA)
+            .set(open_streams as f64);
+        self.recorder
+            .register_gauge(&key("live_change_streams_active", &[]), &METADATA)
+            .set(if change_streams { 1.0 } else { 0.0 });
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges_in_the_text_format() {
+        let metrics = Metrics::default();
+        metrics.request(
+            "POST",
+            "/sessions/{session_id}/events",
+            201,
+            Duration::from_millis(3),
+        );
+        metrics.events(EventOutcome::Replayed, 2);
+        metrics.store_operation("insert", true, Duration::from_micros(700));
+        let text = metrics.render(4, true);
+        assert!(text.contains(
+            r#"http_requests_total{method="POST",route="/sessions/{session_id}/events",status="201"} 1"#
+        ), "{text}");
+        assert!(
+            text.contains("http_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"events_total{outcome="replayed"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"store_operation_duration_seconds_count{operation="insert",result="ok"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("live_streams_open 4"), "{text}");
+        assert!(text.contains("live_change_streams_active 1"), "{text}");
+    }
+}

@@ -1,0 +1,124 @@
+//! A repository decorator that times every store operation into the metrics.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{
+    CreateOutcome, EventPageQuery, EventRepository, Reservation, SessionPageQuery,
+    SessionRepository, StoreError,
+};
+use crate::domain::{Event, EventId, FinalStatus, NewSession, Session, SessionId, Timestamp};
+use crate::metrics::Metrics;
+
+/// Wraps a store; behaves exactly like it, and records how long each call took.
+pub struct Metered<S> {
+    inner: Arc<S>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Metered<S> {
+    pub fn new(inner: Arc<S>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        // A duplicate key is an answer, not a failure.
+        let ok = matches!(result, Ok(_) | Err(StoreError::Duplicate));
+        self.metrics
+            .store_operation(operation, ok, started.elapsed());
+        result
+    }
+}
+
+#[async_trait]
+impl<S: SessionRepository> SessionRepository for Metered<S> {
+    async fn create(&self, new: NewSession, now: Timestamp) -> Result<CreateOutcome, StoreError> {
+        self.timed("create_session", self.inner.create(new, now))
+            .await
+    }
+
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        self.timed("get_session", self.inner.get(id)).await
+    }
+
+    async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError> {
+        self.timed("list_sessions", self.inner.list(query)).await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        self.timed("delete_session", self.inner.delete(id)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("ping", self.inner.ping()).await
+    }
+
+    async fn reserve_seqs(
+        &self,
+        id: &SessionId,
+        count: u32,
+        now: Timestamp,
+    ) -> Result<Option<Reservation>, StoreError> {
+        self.timed("reserve_seqs", self.inner.reserve_seqs(id, count, now))
+            .await
+    }
+
+    async fn close(
+        &self,
+        id: &SessionId,
+        status: FinalStatus,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        self.timed("close_session", self.inner.close(id, status, now))
+            .await
+    }
+}
+
+#[async_trait]
+impl<S: EventRepository> EventRepository for Metered<S> {
+    async fn insert(&self, event: &Event) -> Result<(), StoreError> {
+        self.timed("insert_event", self.inner.insert(event)).await
+    }
+
+    async fn insert_many(&self, events: &[Event]) -> Result<Vec<bool>, StoreError> {
+        self.timed("insert_events", self.inner.insert_many(events))
+            .await
+    }
+
+    async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError> {
+        self.timed("get_event", self.inner.get(session, event))
+            .await
+    }
+
+    async fn delete_session_events(&self, session: &SessionId) -> Result<u64, StoreError> {
+        self.timed("delete_events", self.inner.delete_session_events(session))
+            .await
+    }
+
+    async fn get_many(
+        &self,
+        session: &SessionId,
+        ids: &[EventId],
+    ) -> Result<Vec<Event>, StoreError> {
+        self.timed("get_events", self.inner.get_many(session, ids))
+            .await
+    }
+
+    async fn page(
+        &self,
+        session: &SessionId,
+        query: &EventPageQuery,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.timed("page_events", self.inner.page(session, query))
+            .await
+    }
+}

@@ -1,0 +1,191 @@
+//! The built binary as an operator runs it: flags, JSON logs, signals.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_conversation-sessions");
+
+fn run(args: &[&str]) -> String {
+    let output = Command::new(BIN).args(args).env_clear().output().unwrap();
+    assert!(output.status.success(), "{args:?} failed");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn help_lists_every_setting_with_its_environment_variable() {
+    let help = run(&["--help"]);
+    for (flag, env) in [
+        ("--host", "HOST"),
+        ("--port", "PORT"),
+        ("--db-uri", "DB_URI"),
+        ("--db-name", "DB_NAME"),
+        ("--db-timeout-ms", "DB_TIMEOUT_MS"),
+        ("--db-max-pool-size", "DB_MAX_POOL_SIZE"),
+        ("--body-limit-bytes", "BODY_LIMIT_BYTES"),
+        ("--log-format", "LOG_FORMAT"),
+        ("--api-keys", "API_KEYS"),
+        ("--retention-days", "RETENTION_DAYS"),
+        ("--shutdown-grace-secs", "SHUTDOWN_GRACE_SECS"),
+        ("--sse-heartbeat-secs", "SSE_HEARTBEAT_SECS"),
+        ("--sse-max-streams", "SSE_MAX_STREAMS"),
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+        assert!(
+            help.contains(&format!("env: {env}")),
+            "--help lacks {env}:\n{help}"
+        );
+    }
+    assert_eq!(
+        run(&["--version"]).trim(),
+        format!("conversation-sessions {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn a_bad_setting_stops_startup_with_its_name() {
+    let output = Command::new(BIN)
+        .args(["--port", "web"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("PORT"));
+}
+
+/// A service process writing JSON logs, with its stdout read line by line.
+struct Service {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    address: String,
+}
+
+impl Service {
+    fn start(extra_env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .env_clear()
+            .envs([
+                ("PORT", "0"),
+                ("LOG_FORMAT", "json"),
+                ("RUST_LOG", "info"),
+                ("SHUTDOWN_GRACE_SECS", "5"),
+            ])
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let parsed = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+                if send.send(parsed).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut service = Self {
+            child,
+            lines,
+            address: String::new(),
+        };
+        let listening = service.wait_for(|l| l["fields"]["message"] == "listening");
+        service.address = format!("http://{}", listening["fields"]["addr"].as_str().unwrap());
+        service
+    }
+
+    fn wait_for(&self, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).expect("the log line came");
+            if wanted(&line) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn json_logs_hold_one_line_per_request_with_its_context_and_no_payload() {
+    let service = Service::start(&[]);
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{}/sessions", service.address))
+        .json(&json!({"sessionId": "log-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let appended = client
+        .post(format!("{}/sessions/log-1/events", service.address))
+        .header("x-request-id", "req-abc-123")
+        .json(&json!({"eventId": "e1", "type": "user_speech", "payload": {"text": "my card number is 4111"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(appended.status(), 201);
+    let line = service.wait_for(|l| l["span"]["request_id"] == "req-abc-123");
+    assert_eq!(line["fields"]["message"], "served");
+    assert_eq!(line["fields"]["status"], 201);
+    assert!(line["fields"]["latency_ms"].as_f64().is_some());
+    assert_eq!(line["span"]["method"], "POST");
+    assert_eq!(line["span"]["route"], "/sessions/{session_id}/events");
+    assert_eq!(line["span"]["session_id"], "log-1");
+    assert!(!line.to_string().contains("4111"));
+    service.signal("TERM");
+}
+
+#[tokio::test]
+async fn sigterm_ends_live_streams_and_exits_cleanly() {
+    let mut service = Service::start(&[("SSE_HEARTBEAT_SECS", "1")]);
+    let client = reqwest::Client::new();
+    client
+        .post(format!("{}/sessions", service.address))
+        .json(&json!({"sessionId": "sig"}))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = client
+        .get(format!("{}/sessions/sig/events/stream", service.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    service.signal("TERM");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream did not end on SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = service.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    service.wait_for(|l| l["fields"]["message"] == "stopped");
+}
