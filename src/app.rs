@@ -37,13 +37,13 @@ impl AppState {
     fn new<S>(
         config: &Config,
         store: Arc<S>,
+        metrics: Arc<Metrics>,
         feed: Arc<SessionFeed>,
         stop: watch::Receiver<bool>,
     ) -> Self
     where
         S: SessionRepository + EventRepository + 'static,
     {
-        let metrics = Arc::new(Metrics::default());
         let metered = Arc::new(Metered::new(store, Arc::clone(&metrics)));
         let sessions: Arc<dyn SessionRepository> = metered.clone();
         let events: Arc<dyn EventRepository> = metered;
@@ -91,16 +91,18 @@ pub struct Application {
 impl Application {
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
         let feed = Arc::new(SessionFeed::default());
+        let metrics = Arc::new(Metrics::default());
         let (stop, stopping) = watch::channel(false);
         let (state, mongo) = match &config.mongo {
             Some(mongo_config) => {
-                let store = Arc::new(MongoStore::connect(mongo_config).await?);
+                let observed = Some(Arc::clone(&metrics));
+                let store = Arc::new(MongoStore::connect_observed(mongo_config, observed).await?);
                 store.apply_retention(config.retention).await?;
                 tracing::info!("using MongoDB");
                 tokio::spawn(
                     Arc::clone(&store).follow_changes(Arc::clone(&feed), stop.subscribe()),
                 );
-                let state = AppState::new(config, Arc::clone(&store), feed, stopping);
+                let state = AppState::new(config, Arc::clone(&store), metrics, feed, stopping);
                 (state, Some(store))
             }
             None => {
@@ -116,7 +118,7 @@ impl Application {
                         stop.subscribe(),
                     ));
                 }
-                (AppState::new(config, store, feed, stopping), None)
+                (AppState::new(config, store, metrics, feed, stopping), None)
             }
         };
         if config.api_keys.is_none() {

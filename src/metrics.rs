@@ -108,6 +108,16 @@ impl Metrics {
             .record(latency.as_secs_f64());
     }
 
+    /// One command sent to the database: a round trip.
+    pub fn store_command(&self, command: &str) {
+        self.recorder
+            .register_counter(
+                &key("store_commands_total", &[("command", command)]),
+                &METADATA,
+            )
+            .increment(1);
+    }
+
     /// The Prometheus text exposition, with gauges read at scrape time.
     pub fn render(&self, open_streams: usize, change_streams: bool) -> String {
         self.recorder

@@ -7,8 +7,9 @@ const RESERVED_TYPE: &str = "session.closed";
 
 /// An event type: a letter, then up to 63 letters, digits or `_.:-`
 /// (`user_speech`, `bot_speech`, `system`, `TRANSCRIPT`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, example = "user_speech")]
 pub struct EventType(String);
 
 impl EventType {
@@ -46,7 +47,7 @@ pub struct EventPosition {
 }
 
 /// One immutable thing that happened in a session.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     pub session_id: SessionId,

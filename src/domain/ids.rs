@@ -34,8 +34,9 @@ fn check_id(field: &str, raw: &str) -> Result<(), ValidationError> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
         #[serde(transparent)]
+        #[schema(value_type = String, example = "call-0001")]
         pub struct $name(String);
 
         impl $name {

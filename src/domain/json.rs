@@ -10,8 +10,9 @@ const MAX_DEPTH: usize = 32;
 ///
 /// At every depth its keys do not start with `$` and hold no `.` or NUL, so no client key can
 /// be read by MongoDB as an operator or a path. Integers fit in 64 bits so none is rounded.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = Object)]
 pub struct JsonObject(Map<String, Value>);
 
 impl JsonObject {

@@ -6,8 +6,9 @@ use super::ValidationError;
 ///
 /// The shape is checked, not membership in the IANA registry: a platform may use tags
 /// this service has never heard of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, example = "en-US")]
 pub struct Language(String);
 
 impl Language {

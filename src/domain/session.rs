@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use super::{JsonObject, Language, SessionId, Timestamp};
 
 /// Where a session is in its life. `initiated` and `active` are open; the others are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStatus {
     Initiated,
@@ -36,7 +36,7 @@ impl SessionStatus {
 }
 
 /// The status a session ends with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FinalStatus {
     #[default]
@@ -54,7 +54,7 @@ impl From<FinalStatus> for SessionStatus {
 }
 
 /// One conversation (a phone call), as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Session {
     pub session_id: SessionId,

@@ -6,7 +6,8 @@ use serde::{Serialize, Serializer};
 use super::ValidationError;
 
 /// An instant with millisecond precision, the resolution MongoDB stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, utoipa::ToSchema)]
+#[schema(value_type = String, format = DateTime, example = "2026-11-26T08:31:38.123Z")]
 pub struct Timestamp(i64);
 
 impl Timestamp {

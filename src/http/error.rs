@@ -195,7 +195,9 @@ impl ErrorBody {
 impl IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         let (status, code, details) = self.parts();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(self, Self::NotReady) {
+            // The readiness probe logged its cause already.
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(error = %cause_chain(&self), code, "request refused");
         } else if status.is_server_error() {
             tracing::error!(error = %cause_chain(&self), code, "request failed");

@@ -6,13 +6,17 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{from_value, ApiJson, ApiPath, QueryParams};
+use super::openapi::ErrorEnvelope;
+use super::sessions::SortOrder;
 use super::written;
 use crate::app::AppState;
 use crate::domain::{
@@ -20,27 +24,66 @@ use crate::domain::{
     MAX_PAYLOAD_BYTES,
 };
 use crate::metrics::EventOutcome;
-use crate::service::{BatchItem, PagePosition, PageRequest, ServiceError, TailMessage, Written};
+use crate::service::{
+    BatchItem, Page, PagePosition, PageRequest, ServiceError, TailMessage, Written,
+};
 use crate::store::EventFilter;
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sessions/{session_id}/events", post(append).get(list))
-        .route("/sessions/{session_id}/events/{event_id}", get(read))
-        .route("/sessions/{session_id}/events/stream", get(stream))
-        .route("/sessions/{session_id}/events:batch", post(append_batch))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(append, list))
+        .routes(routes!(read))
+        .routes(routes!(stream))
+        .routes(routes!(append_batch))
 }
 
-#[derive(Debug, Deserialize)]
+/// Paging and filter parameters of an event listing (documentation; parsed by hand).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct EventListParams {
+    /// 1 to 1000; default 50.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// `nextCursor` of the previous page, with the same filters and order.
+    cursor: Option<String>,
+    /// `asc` (default) or `desc`, by (timestamp, seq).
+    order: Option<SortOrder>,
+    /// 1-based page number for offset paging; not with `cursor` or `afterSeq`.
+    #[param(minimum = 1, maximum = 1000000)]
+    page: Option<u64>,
+    /// Any of these event types, at most 20; repeat the parameter for several.
+    #[param(rename = "type", explode, style = Form)]
+    event_type: Option<Vec<String>>,
+    /// `timestamp >= from` (RFC 3339).
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// `timestamp < to` (RFC 3339).
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// Events with a greater seq, in seq order (ascending only).
+    #[param(rename = "afterSeq", minimum = 0)]
+    after_seq: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct AppendEventBody {
+    /// 1-128 ASCII letters, digits and `-_.:@`; unique within the session.
+    #[schema(example = "evt-001")]
     event_id: String,
+    /// `^[A-Za-z][A-Za-z0-9_.:-]{0,63}$`, e.g. `user_speech`, `bot_speech`, `system`.
     #[serde(rename = "type")]
+    #[schema(example = "TRANSCRIPT")]
     event_type: String,
+    /// A JSON object of at most 64 KiB; keys never start with `$` nor hold `.`.
+    #[schema(value_type = Option<Object>)]
     payload: Option<Value>,
+    /// RFC 3339; default: the receive time.
+    #[schema(format = DateTime)]
     timestamp: Option<String>,
 }
 
@@ -61,6 +104,16 @@ impl AppendEventBody {
     }
 }
 
+/// Append an event, or recognise a retry of the append that stored it.
+#[utoipa::path(post, path = "/sessions/{session_id}/events", tag = "events",
+    params(("session_id" = String, Path, description = "The session id")),
+    request_body = AppendEventBody,
+    responses(
+        (status = 201, description = "Stored", body = Event,
+            headers(("location" = String, description = "The event's URL"))),
+        (status = 200, description = "An identical append already stored it", body = Event),
+        (status = 409, description = "`event_conflict` (the eventId holds other content) or `session_closed`", body = ErrorEnvelope),
+    ))]
 async fn append(
     State(state): State<AppState>,
     ApiPath(session_id): ApiPath<String>,
@@ -85,20 +138,30 @@ async fn append(
 
 const MAX_BATCH: usize = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchBody {
-    /// Kept as raw JSON so that one malformed item fails alone.
+    /// 1 to 500 events, each as in a single append. Kept as raw JSON so that one malformed
+    /// item fails alone.
+    #[schema(value_type = Vec<AppendEventBody>, min_items = 1, max_items = 500)]
     events: Vec<Value>,
 }
 
-/// One item's outcome, in request order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+struct BatchResponse {
+    /// One result per submitted event, in request order.
+    results: Vec<BatchResult>,
+}
+
+/// One item's outcome.
+#[derive(Debug, Serialize, ToSchema)]
 struct BatchResult {
+    /// 201 stored, 200 replay, 409 conflict, 400 invalid.
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<Event>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     error: Option<Value>,
 }
 
@@ -134,6 +197,14 @@ impl From<BatchItem> for BatchResult {
     }
 }
 
+/// Append up to 500 events in one request; each is judged as a single append would be.
+#[utoipa::path(post, path = "/sessions/{session_id}/events:batch", tag = "events",
+    params(("session_id" = String, Path, description = "The session id")),
+    request_body = BatchBody,
+    responses(
+        (status = 200, description = "One result per event, in request order", body = BatchResponse),
+        (status = 409, description = "`session_closed`: the whole batch is refused", body = ErrorEnvelope),
+    ))]
 async fn append_batch(
     State(state): State<AppState>,
     ApiPath(session_id): ApiPath<String>,
@@ -148,7 +219,7 @@ async fn append_batch(
         .into_iter()
         .map(|item| from_value::<AppendEventBody>(item).and_then(AppendEventBody::parse))
         .collect();
-    let count = items.len() as u64;
+    let count = items.iter().filter(|item| item.is_ok()).count() as u64;
     let outcomes = match state.events.append_batch(&session, items).await {
         Err(closed @ ServiceError::SessionClosed(_)) => {
             state.metrics.events(EventOutcome::RejectedClosed, count);
@@ -166,9 +237,16 @@ async fn append_batch(
         state.metrics.events(counted, 1);
     }
     let results: Vec<BatchResult> = outcomes.into_iter().map(BatchResult::from).collect();
-    Ok(Json(json!({ "results": results })).into_response())
+    Ok(Json(BatchResponse { results }).into_response())
 }
 
+/// Read one event.
+#[utoipa::path(get, path = "/sessions/{session_id}/events/{event_id}", tag = "events",
+    params(
+        ("session_id" = String, Path, description = "The session id"),
+        ("event_id" = String, Path, description = "The event id"),
+    ),
+    responses((status = 200, description = "The event", body = Event)))]
 async fn read(
     State(state): State<AppState>,
     ApiPath((session_id, event_id)): ApiPath<(String, String)>,
@@ -220,8 +298,21 @@ fn resume_after(headers: &HeaderMap, query: &mut QueryParams) -> Result<i64, Api
     query_position.map_or(Ok(0), |raw| parse("afterSeq", &raw))
 }
 
-/// `GET /sessions/{id}/events/stream`: the stored events after a position, then new ones
-/// as they are accepted, then `session.closed`.
+/// Follow a session live over Server-Sent Events: the stored events after a position, then
+/// new ones as they are accepted, in seq order, then `event: session.closed`. Each message
+/// carries `id: <seq>`, `event: <type>`, `data: <event JSON>`. Resume with the
+/// `Last-Event-ID` header or `afterSeq`. With `Accept: application/json` (and not
+/// `text/event-stream`) this path reads the event whose id is `stream`.
+#[utoipa::path(get, path = "/sessions/{session_id}/events/stream", tag = "live",
+    params(
+        ("session_id" = String, Path, description = "The session id"),
+        ("afterSeq" = Option<i64>, Query, minimum = 0, description = "Start after this seq; default 0"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Start after this seq; wins over afterSeq"),
+    ),
+    responses(
+        (status = 200, description = "The event stream (or, for a JSON request, the event `stream`)",
+            content((String = "text/event-stream"), (Event = "application/json"))),
+    ))]
 async fn stream(
     State(state): State<AppState>,
     ApiPath(session_id): ApiPath<String>,
@@ -258,6 +349,10 @@ fn sse_message(message: TailMessage) -> SseEvent {
     }
 }
 
+/// A page of the session's events, by (timestamp, seq), or by seq after `afterSeq`.
+#[utoipa::path(get, path = "/sessions/{session_id}/events", tag = "events",
+    params(("session_id" = String, Path, description = "The session id"), EventListParams),
+    responses((status = 200, description = "A page of events", body = Page<Event>)))]
 async fn list(
     State(state): State<AppState>,
     ApiPath(session_id): ApiPath<String>,

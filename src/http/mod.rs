@@ -5,6 +5,7 @@ mod error;
 mod events;
 mod extract;
 mod health;
+mod openapi;
 mod sessions;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use auth::ApiKeys;
 pub use error::ApiError;
@@ -39,15 +41,16 @@ pub struct RequestId(pub String);
 pub fn router(state: AppState, body_limit: usize) -> Router {
     let keys = state.api_keys.clone();
     let metrics = Arc::clone(&state.metrics);
-    let api = Router::new()
+    let api = OpenApiRouter::new()
         .merge(sessions::router())
         .merge(events::router())
+        .merge(openapi::router())
         .route_layer(middleware::from_fn_with_state(keys, auth::require_api_key));
-    Router::new()
-        .merge(api)
-        .merge(health::router())
+    let (routes, description) = openapi::split(api.merge(health::router()));
+    routes
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
+        .layer(Extension(description))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(BodyLimit(body_limit)))
         .layer(CatchPanicLayer::custom(|_| {

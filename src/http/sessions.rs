@@ -3,14 +3,17 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::events::{limit_and_order, page_request, time_param};
+use super::events::{limit_and_order, page_request, time_param, EventListParams};
 use super::extract::{ApiJson, ApiPath, OptionalJson, QueryParams};
+use super::openapi::ErrorEnvelope;
 use super::written;
 use crate::app::AppState;
 use crate::domain::{
@@ -20,20 +23,62 @@ use crate::domain::{
 use crate::service::{Page, SessionListRequest};
 use crate::store::SessionFilter;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sessions", post(create).get(list))
-        .route("/sessions/{session_id}", get(read).delete(erase))
-        .route("/sessions/{session_id}/complete", post(complete))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(read, erase))
+        .routes(routes!(complete))
 }
 
-#[derive(Debug, Deserialize)]
+/// Query parameters of `GET /sessions` (documentation; parsed by hand below).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct SessionListParams {
+    /// 1 to 1000; default 50.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// `nextCursor` of the previous page, with the same filters and order.
+    cursor: Option<String>,
+    /// `desc` (newest `startedAt` first, the default) or `asc`.
+    order: Option<SortOrder>,
+    /// Any of these statuses; repeat the parameter for several.
+    #[param(explode, style = Form)]
+    status: Option<Vec<SessionStatus>>,
+    /// Exact language tag.
+    language: Option<String>,
+    /// `startedAt >= startedAfter` (RFC 3339).
+    #[param(rename = "startedAfter", format = DateTime)]
+    started_after: Option<String>,
+    /// `startedAt < startedBefore` (RFC 3339).
+    #[param(rename = "startedBefore", format = DateTime)]
+    started_before: Option<String>,
+}
+
+/// A listing's direction.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(super) enum SortOrder {
+    Asc,
+    Desc,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateSessionBody {
+    /// 1-128 ASCII letters, digits and `-_.:@`.
+    #[schema(example = "abc123")]
     session_id: String,
+    /// BCP-47 tag such as `en-US`.
     language: Option<String>,
+    /// A JSON object of at most 16 KiB; keys never start with `$` nor hold `.`.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// `initiated` (default) or `active`.
     status: Option<String>,
+    /// RFC 3339; default: now.
+    #[schema(format = DateTime)]
     started_at: Option<String>,
 }
 
@@ -65,6 +110,11 @@ impl CreateSessionBody {
 
 const MAX_METADATA_FILTERS: usize = 5;
 
+/// List sessions, newest first, with optional filters. Besides the parameters below,
+/// `metadata.<key>=<value>` (at most 5) keeps sessions whose top-level metadata `key` holds
+/// the string `value`.
+#[utoipa::path(get, path = "/sessions", tag = "sessions", params(SessionListParams),
+    responses((status = 200, description = "A page of sessions", body = Page<Session>)))]
 async fn list(State(state): State<AppState>, mut query: QueryParams) -> Result<Response, ApiError> {
     let (limit, order) = limit_and_order(&mut query, Order::Desc)?;
     let cursor = query.take("cursor")?;
@@ -130,6 +180,14 @@ fn metadata_filters(pairs: Vec<(String, String)>) -> Result<Vec<(String, String)
     Ok(pairs)
 }
 
+/// Create a session, or recognise a retry of the create that made it.
+#[utoipa::path(post, path = "/sessions", tag = "sessions", request_body = CreateSessionBody,
+    responses(
+        (status = 201, description = "Created", body = Session,
+            headers(("location" = String, description = "The session's URL"))),
+        (status = 200, description = "An identical create already stored it", body = Session),
+        (status = 409, description = "`session_conflict`: stored with another language or metadata", body = ErrorEnvelope),
+    ))]
 async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateSessionBody>,
@@ -141,7 +199,7 @@ async fn create(
 }
 
 /// A session, with a page of its events when `include=events` asked for them.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SessionView {
     #[serde(flatten)]
     session: Session,
@@ -149,6 +207,15 @@ struct SessionView {
     events: Option<Page<Event>>,
 }
 
+/// Read a session; `include=events` adds a page of its events, chosen by the same
+/// parameters as the event listing.
+#[utoipa::path(get, path = "/sessions/{session_id}", tag = "sessions",
+    params(
+        ("session_id" = String, Path, description = "The session id"),
+        ("include" = Option<String>, Query, description = "`events` to add a page of events"),
+        EventListParams,
+    ),
+    responses((status = 200, description = "The session", body = SessionView)))]
 async fn read(
     State(state): State<AppState>,
     ApiPath(session_id): ApiPath<String>,
@@ -175,7 +242,10 @@ async fn read(
     Ok(Json(SessionView { session, events }).into_response())
 }
 
-/// `DELETE /sessions/{id}`: erases the session and its events; 204, or 404.
+/// Erase the session and all its events; afterwards its id can be created again.
+#[utoipa::path(delete, path = "/sessions/{session_id}", tag = "sessions",
+    params(("session_id" = String, Path, description = "The session id")),
+    responses((status = 204, description = "Erased")))]
 async fn erase(
     State(state): State<AppState>,
     ApiPath(session_id): ApiPath<String>,
@@ -185,13 +255,22 @@ async fn erase(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CompleteBody {
+    /// `completed` (default) or `failed`.
     #[serde(default)]
     status: FinalStatus,
 }
 
+/// End the session. Repeating the same end returns the session as it ended.
+#[utoipa::path(post, path = "/sessions/{session_id}/complete", tag = "sessions",
+    params(("session_id" = String, Path, description = "The session id")),
+    request_body(content = Option<CompleteBody>, description = "Optional; default `completed`"),
+    responses(
+        (status = 200, description = "The ended session", body = Session),
+        (status = 409, description = "`session_closed`: it already ended with the other status", body = ErrorEnvelope),
+    ))]
 async fn complete(
     State(state): State<AppState>,
     ApiPath(session_id): ApiPath<String>,

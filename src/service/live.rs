@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::ServiceError;
 use crate::domain::{Event, Order, Session, SessionId, Timestamp};
@@ -104,7 +105,11 @@ impl LiveService {
             sender,
             stop: self.stop.clone(),
         };
-        tokio::spawn(tail.run(subscription, seen, permit, current));
+        let span = tracing::info_span!("live_stream", session_id = %session);
+        tokio::spawn(
+            tail.run(subscription, seen, permit, current)
+                .instrument(span),
+        );
         Ok(receiver)
     }
 }

@@ -7,6 +7,8 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, DateTime as BsonDateTime, Document};
 use mongodb::error::{Error as MongoError, ErrorKind, InsertManyError, WriteFailure};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -22,6 +24,7 @@ use crate::domain::{
     SessionId, SessionStatus, Timestamp,
 };
 use crate::feed::{stopped, SessionFeed};
+use crate::metrics::Metrics;
 
 const DEFAULT_DB_NAME: &str = "conversation";
 /// How often live streams are woken when no change stream tells them of changes.
@@ -103,9 +106,25 @@ impl MongoStore {
     /// Builds the client and creates the indexes. Fails when the database cannot be reached
     /// within the configured timeout.
     pub async fn connect(config: &MongoConfig) -> Result<Self, StoreError> {
+        Self::connect_observed(config, None).await
+    }
+
+    /// As [`Self::connect`], counting every command sent to the database (the driver's
+    /// command monitoring) into `metrics`.
+    pub async fn connect_observed(
+        config: &MongoConfig,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, StoreError> {
         let mut options = ClientOptions::parse(&config.uri)
             .await
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        if let Some(metrics) = metrics {
+            options.command_event_handler = Some(EventHandler::callback(move |event| {
+                if let CommandEvent::Started(started) = event {
+                    metrics.store_command(&started.command_name);
+                }
+            }));
+        }
         options.app_name = Some(env!("CARGO_PKG_NAME").to_owned());
         options.server_selection_timeout = Some(config.timeout);
         options.connect_timeout = Some(config.timeout);
@@ -245,10 +264,14 @@ impl MongoStore {
             .sessions
             .clone_with_type::<Document>()
             .watch()
-            .pipeline([doc! {"$match": {
-                "operationType": "update",
-                "updateDescription.updatedFields.status": {"$in": ["completed", "failed"]},
-            }}])
+            .pipeline([doc! {"$match": {"$or": [
+                {
+                    "operationType": "update",
+                    "updateDescription.updatedFields.status": {"$in": ["completed", "failed"]},
+                },
+                // An erased session ends its streams on every instance too.
+                {"operationType": "delete"},
+            ]}}])
             .await?;
         // Whatever happened while no stream was open is read by the woken streams.
         feed.set_change_streams(true);

@@ -11,6 +11,7 @@ mod concurrency;
 mod errors;
 mod events;
 mod live;
+mod openapi;
 mod operations;
 mod outage;
 mod pagination;

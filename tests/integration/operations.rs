@@ -138,6 +138,8 @@ mod memory_only {
             ("POST", "/sessions/a/events:batch"),
             ("GET", "/sessions/a/events/e1"),
             ("GET", "/sessions/a/events/stream"),
+            ("GET", "/openapi.json"),
+            ("GET", "/docs"),
         ];
         let refused = [
             None,
@@ -269,6 +271,73 @@ mod retention {
             assert_eq!(ttl_of(&db, "sessions", "sessions_retention").await, None);
             assert_eq!(ttl_of(&db, "events", "events_retention").await, None);
             store.apply_retention(None).await.unwrap();
+        }
+    }
+}
+
+mod round_trips {
+    use super::*;
+
+    /// Commands the store sent, by name, from the driver's command monitoring. The change
+    /// streams' own `getMore`s are left out: they run in the background, not per request.
+    async fn commands(app: &TestApp) -> std::collections::BTreeMap<String, u64> {
+        let text = app.get_raw("/metrics").await.text().await.unwrap();
+        text.lines()
+            .filter_map(|line| line.strip_prefix("store_commands_total{command=\""))
+            .filter_map(|rest| rest.split_once("\"} "))
+            .filter(|(name, _)| !matches!(*name, "getMore" | "killCursors" | "aggregate"))
+            .map(|(name, count)| (name.to_owned(), count.trim().parse().unwrap()))
+            .collect()
+    }
+
+    /// The status of one request and the commands it cost: GET without a body, else POST.
+    async fn cost(app: &TestApp, path: &str, body: Option<serde_json::Value>) -> (StatusCode, u64) {
+        let before: u64 = commands(app).await.values().sum();
+        let status = match body {
+            Some(body) => app.post(path, &body).await.0,
+            None => app.get(path).await.0,
+        };
+        let after: u64 = commands(app).await.values().sum();
+        (status, after - before)
+    }
+
+    mod mongo {
+        use super::*;
+
+        /// The database work per request, counted by the driver, not guessed.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn each_request_costs_the_fewest_round_trips() {
+            let app = spawn_app_with(Backend::Mongo, |_| {}).await;
+            let session = json!({"sessionId": "rt"});
+            let event = json!({"eventId": "e1", "type": "system", "payload": {"k": "v"}});
+            let batch: Vec<serde_json::Value> = (0..100)
+                .map(|i| json!({"eventId": format!("b{i}"), "type": "system"}))
+                .collect();
+            let cases = [
+                ("/sessions", Some(session.clone()), StatusCode::CREATED, 1),
+                ("/sessions", Some(session), StatusCode::OK, 1),
+                (
+                    "/sessions/rt/events",
+                    Some(event.clone()),
+                    StatusCode::CREATED,
+                    2,
+                ),
+                ("/sessions/rt/events", Some(event), StatusCode::OK, 3),
+                ("/sessions/rt/events?limit=50", None, StatusCode::OK, 1),
+                (
+                    "/sessions/rt/events:batch",
+                    Some(json!({"events": batch})),
+                    StatusCode::OK,
+                    2,
+                ),
+            ];
+            for (path, body, status, round_trips) in cases {
+                assert_eq!(
+                    cost(&app, path, body).await,
+                    (status, round_trips),
+                    "{path}"
+                );
+            }
         }
     }
 }

@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""The benchmark: the service on both stores, against baselines measured in the same run.
+
+    python3 bench/run.py            # full run: 20 s windows
+    python3 bench/run.py --smoke    # a few seconds per scenario; checks that nothing errs
+    python3 bench/run.py --write BENCHMARKS.md   # also put the results table into the file
+
+It installs wrk and the test database when they are missing, builds the service and the
+baselines in release, starts a fresh test database and the service itself, and drives the
+service with wrk at 32 connections. Every figure of the service is reported next to its
+baseline from the same run, as a ratio: on a shared machine the ratio is what holds.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONNECTIONS = 32
+SECANTUS_VERSION = "0.5.3-beta.196"
+PAYLOAD_TEXT = "caller utterance with some words to make it realistic, about two hundred bytes " * 2
+RELEASE = os.path.join(ROOT, "target", "release")
+
+WRK_COMMON = r"""
+counter = 0
+tid = "0"
+function setup(thread)
+  thread:set("tid", tostring(math.random(100000, 999999)) .. tostring(thread))
+end
+headers = {["Content-Type"] = "application/json"}
+function done(summary, latency, requests)
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d,"p999_us":%d}\n',
+    summary.requests, summary.duration, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.status, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+def log(message):
+    print(f"==> {message}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kwargs):
+    return subprocess.run(cmd, check=True, **kwargs)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, seconds=30):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def ensure_tools():
+    env_path = os.path.expanduser("~/.cargo/bin")
+    os.environ["PATH"] = env_path + os.pathsep + os.environ["PATH"]
+    if not shutil.which("wrk"):
+        log("installing wrk")
+        run(["apt-get", "update", "-qq"])
+        run(["apt-get", "install", "-y", "-qq", "wrk"], stdout=subprocess.DEVNULL)
+    if not shutil.which("secantusd-rs"):
+        log("installing the test database secantusd-rs (about 5 minutes, once per machine)")
+        if not shutil.which("cmake"):
+            run(["apt-get", "install", "-y", "-qq", "cmake"], stdout=subprocess.DEVNULL)
+        run(["cargo", "install", "secantus-mdb", "--version", SECANTUS_VERSION, "--locked", "--ignore-rust-version"])
+
+
+class Process:
+    """A child process with its resource use read from /proc."""
+
+    def __init__(self, cmd, env=None):
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def memory_kib(self, field):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def http(method, url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            text = response.read()
+            return response.status, (json.loads(text) if text and response.headers.get_content_type() == "application/json" else text)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def round_trips(base):
+    """Commands the service sent to the database so far (driver command monitoring)."""
+    _, text = http("GET", base + "/metrics")
+    total = 0
+    for line in text.decode().splitlines():
+        if line.startswith('store_commands_total{command="'):
+            name = line.split('"')[1]
+            if name not in ("getMore", "killCursors", "aggregate"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wrk(url, script, seconds):
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_COMMON + script)
+        path = f.name
+    try:
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s", "-s", path, url],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    finally:
+        os.unlink(path)
+    line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
+    r = json.loads(line[len("WRKJSON "):])
+    r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+def event_json(event_id_expr, timestamp=True):
+    ts = ',"timestamp":"2026-11-26T08:00:00.000Z"' if timestamp else ""
+    return ('\'{"eventId":"\' .. ' + event_id_expr + ' .. \'","type":"user_speech"' + ts +
+            ',"payload":{"text":"' + PAYLOAD_TEXT[:160] + '","confidence":0.93,"speaker":"caller"}}\'')
+
+
+def ingest_script(prefix):
+    return f"""
+request = function()
+  counter = counter + 1
+  local path = "/sessions/{prefix}" .. (counter % 100) .. "/events"
+  return wrk.format("POST", path, headers, {event_json('tid .. "-" .. counter')})
+end
+"""
+
+
+def batch_script(prefix):
+    item = event_json('tid .. "-" .. counter .. "-" .. k')
+    return f"""
+request = function()
+  counter = counter + 1
+  local items = {{}}
+  for k = 1, 100 do items[k] = {item} end
+  local path = "/sessions/{prefix}" .. (counter % 100) .. "/events:batch"
+  return wrk.format("POST", path, headers, '{{"events":[' .. table.concat(items, ",") .. ']}}')
+end
+"""
+
+
+CREATE_SCRIPT = """
+request = function()
+  counter = counter + 1
+  return wrk.format("POST", "/sessions", headers,
+    '{"sessionId":"c-' .. tid .. '-' .. counter .. '","language":"en-US","metadata":{"caller":"+15550100","campaign":"renewals"}}')
+end
+"""
+
+
+def replay_script(prefix):
+    return f"""
+request = function()
+  return wrk.format("POST", "/sessions/{prefix}0/events", headers, {event_json('"replayed"')})
+end
+"""
+
+
+class Service:
+    def __init__(self, store, db_uri=None):
+        self.port = free_port()
+        env = {"PATH": os.environ["PATH"], "PORT": str(self.port), "LOG_FORMAT": "json", "RUST_LOG": "info"}
+        if store == "mongo":
+            env.update(DB_URI=db_uri, DB_NAME=f"bench_{int(time.time() * 1000)}")
+        self.process = Process([os.path.join(RELEASE, "conversation-sessions")], env)
+        wait_port(self.port)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.store = store
+
+    def prepare_sessions(self, prefix, count=100):
+        for i in range(count):
+            status, _ = http("POST", self.base + "/sessions", {"sessionId": f"{prefix}{i}"})
+            assert status == 201, status
+
+    def fill(self, session, events):
+        http("POST", self.base + "/sessions", {"sessionId": session})
+        for start in range(0, events, 500):
+            items = [{"eventId": f"f{i}", "type": "user_speech", "payload": {"text": PAYLOAD_TEXT[:160]}}
+                     for i in range(start, min(start + 500, events))]
+            status, _ = http("POST", f"{self.base}/sessions/{session}/events:batch", {"events": items})
+            assert status == 200, status
+
+    def cursor_at(self, session, position):
+        cursor, walked = None, 0
+        while walked < position:
+            step = min(1000, position - walked)
+            query = f"limit={step}" + (f"&cursor={cursor}" if cursor else "")
+            _, page = http("GET", f"{self.base}/sessions/{session}/events?{query}")
+            cursor, walked = page["nextCursor"], walked + step
+        return cursor
+
+    def measure(self, name, url_path, script, seconds, events_per_request=1):
+        commands_before = round_trips(self.base) if self.store == "mongo" else None
+        cpu_before = self.process.cpu_seconds()
+        started = time.time()
+        r = wrk(self.base + url_path, script, seconds)
+        wall = time.time() - started
+        r.update(
+            scenario=name, store=self.store, events_per_sec=r["rps"] * events_per_request,
+            cpu_cores=(self.process.cpu_seconds() - cpu_before) / wall,
+            rss_mib=self.process.memory_kib("VmRSS") / 1024, peak_rss_mib=self.process.memory_kib("VmHWM") / 1024,
+        )
+        if commands_before is not None and r["requests"]:
+            r["round_trips"] = (round_trips(self.base) - commands_before) / r["requests"]
+        log(f"{self.store:6} {name:18} {r['rps']:10.0f} req/s  p99 {r['p99_us']/1000:7.2f} ms  errors {r['errors']}")
+        return r
+
+    def stop(self):
+        self.process.stop()
+
+
+def baseline(*args):
+    out = subprocess.run([os.path.join(RELEASE, "examples", "baseline"), *map(str, args)],
+                         check=True, capture_output=True, text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    log(f"baseline {r['baseline']:22} {r.get('ops_per_sec', 0):10.0f} ops/s  p99 {r.get('p99_ms', 0):7.2f} ms")
+    return r
+
+
+def scenarios(service, seconds, page_sizes):
+    results = []
+    service.prepare_sessions("ing-")
+    service.prepare_sessions("bat-")
+    results.append(service.measure("create", "/", CREATE_SCRIPT, seconds))
+    results.append(service.measure("ingest", "/", ingest_script("ing-"), seconds))
+    status, _ = http("POST", f"{service.base}/sessions/ing-0/events",
+                     json.loads(event_json('"replayed"').strip("'").replace("' .. ", "").replace(" .. '", "")))
+    results.append(service.measure("replay", "/", replay_script("ing-"), seconds))
+    results.append(service.measure("batch", "/", batch_script("bat-"), seconds, events_per_request=100))
+    for size in page_sizes:
+        session = f"page-{size}"
+        service.fill(session, size)
+        results.append(service.measure(f"page_first_{size}", f"/sessions/{session}/events?limit=50", "", seconds))
+        cursor = service.cursor_at(session, size // 2)
+        results.append(service.measure(f"page_middle_{size}", f"/sessions/{session}/events?limit=50&cursor={cursor}", "", seconds))
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds per scenario")
+    parser.add_argument("--write", metavar="FILE", help="put the results table into FILE")
+    args = parser.parse_args()
+    seconds = 3 if args.smoke else 20
+    page_sizes = [1000, 10000] if args.smoke else [1000, 100000]
+
+    ensure_tools()
+    log("building the service and the baselines in release")
+    run(["cargo", "build", "--release", "--locked", "--bin", "conversation-sessions", "--example", "baseline"], cwd=ROOT)
+
+    db_dir = tempfile.mkdtemp(prefix="bench-db-")
+    db_port = free_port()
+    db = Process(["secantusd-rs", "--host", "127.0.0.1", "--port", str(db_port), "--storage-path", db_dir])
+    results, baselines = [], {}
+    try:
+        wait_port(db_port)
+        uri = f"mongodb://127.0.0.1:{db_port}/?directConnection=true"
+        baselines["driver_append"] = baseline("append", uri, f"base_append_{db_port}", CONNECTIONS, seconds)
+        baselines["driver_insert_many"] = baseline("insert-many", uri, f"base_many_{db_port}", CONNECTIONS, seconds)
+        service = Service("mongo", uri)
+        try:
+            results += scenarios(service, seconds, page_sizes)
+            baselines["tail_mongo"] = baseline("tail", service.base, 200, min(seconds, 10), 100)
+        finally:
+            service.stop()
+
+        echo_port = free_port()
+        echo = Process([os.path.join(RELEASE, "examples", "baseline"), "echo", str(echo_port)])
+        try:
+            wait_port(echo_port)
+            echo_result = wrk(f"http://127.0.0.1:{echo_port}/", ingest_script("ing-"), seconds)
+            echo_result["rps_cpu_note"] = "axum echo of the same ingest request"
+            baselines["axum_echo"] = echo_result
+            log(f"baseline axum_echo {echo_result['rps']:10.0f} req/s")
+        finally:
+            echo.stop()
+        service = Service("memory")
+        try:
+            results += scenarios(service, seconds, page_sizes)
+            baselines["tail_memory"] = baseline("tail", service.base, 200, min(seconds, 10), 100)
+        finally:
+            service.stop()
+    finally:
+        db.stop()
+        shutil.rmtree(db_dir, ignore_errors=True)
+
+    report = render(results, baselines, seconds)
+    print(report)
+    if args.write:
+        replace_results(args.write, report)
+    failed = [r["scenario"] + "/" + r["store"] for r in results if r["errors"]]
+    failed += [name for name, b in baselines.items() if b.get("errors") or b.get("missing")]
+    if failed:
+        log("windows with errors: " + ", ".join(failed))
+        sys.exit(1)
+    log("no window had errors")
+
+
+def render(results, baselines, seconds):
+    by = {(r["store"], r["scenario"]): r for r in results}
+    lines = [
+        f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
+        f"{CONNECTIONS} connections, {seconds} s windows, wrk -t2.",
+        "",
+        "| store | scenario | req/s | events/s | p50 ms | p99 ms | p99.9 ms | errors | round trips/req | CPU cores | RSS MiB (peak) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        rt = f"{r['round_trips']:.2f}" if "round_trips" in r else "-"
+        lines.append(
+            f"| {r['store']} | {r['scenario']} | {r['rps']:.0f} | {r['events_per_sec']:.0f} | {r['p50_us']/1000:.2f} | "
+            f"{r['p99_us']/1000:.2f} | {r['p999_us']/1000:.2f} | {r['errors']} | {rt} | {r['cpu_cores']:.2f} | "
+            f"{r['rss_mib']:.1f} ({r['peak_rss_mib']:.1f}) |")
+    lines += ["", "| baseline | ops/s | units/s | p50 ms | p99 ms | p99.9 ms | errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, b in baselines.items():
+        if name.startswith("tail"):
+            continue
+        if name == "axum_echo":
+            lines.append(f"| axum_echo (ingest request) | {b['rps']:.0f} | {b['rps']:.0f} | {b['p50_us']/1000:.2f} | {b['p99_us']/1000:.2f} | {b['p999_us']/1000:.2f} | {b['errors']} |")
+        else:
+            lines.append(f"| {name} | {b['ops_per_sec']:.0f} | {b['units_per_sec']:.0f} | {b['p50_ms']:.2f} | {b['p99_ms']:.2f} | {b['p999_ms']:.2f} | {b['errors']} |")
+    lines += ["", "| live tail (200 streams, 100 events/s posted) | deliveries | missing | delay p50 ms | delay p99 ms | delay max ms |", "|---|---:|---:|---:|---:|---:|"]
+    for name in ("tail_mongo", "tail_memory"):
+        if name in baselines:
+            t = baselines[name]
+            lines.append(f"| {name[5:]} | {t['deliveries']} | {t['missing']} | {t['delay_p50_ms']:.2f} | {t['delay_p99_ms']:.2f} | {t['delay_max_ms']:.2f} |")
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if b else "-"
+    ing, app = by.get(("mongo", "ingest")), baselines.get("driver_append")
+    bat, many = by.get(("mongo", "batch")), baselines.get("driver_insert_many")
+    mem, echo = by.get(("memory", "ingest")), baselines.get("axum_echo")
+    lines += ["", "| ratio | value |", "|---|---:|"]
+    if ing and app:
+        lines.append(f"| MongoDB ingest / raw driver append (events/s) | {ratio(ing['rps'], app['ops_per_sec'])} |")
+        lines.append(f"| MongoDB ingest p99 / raw driver append p99 | {ratio(ing['p99_us'] / 1000, app['p99_ms'])} |")
+    if bat and many:
+        lines.append(f"| MongoDB batch / raw insert_many (events/s) | {ratio(bat['events_per_sec'], many['units_per_sec'])} |")
+    if bat and ing:
+        lines.append(f"| MongoDB batch / single-event ingest (events/s) | {ratio(bat['events_per_sec'], ing['events_per_sec'])} |")
+    if mem and echo:
+        lines.append(f"| in-memory ingest / axum echo (req/s) | {ratio(mem['rps'], echo['rps'])} |")
+    for store in ("memory", "mongo"):
+        for where in ("first", "middle"):
+            small = by.get((store, f"page_{where}_1000"))
+            big = next((r for (s, n), r in by.items() if s == store and n.startswith(f"page_{where}_") and n != f"page_{where}_1000"), None)
+            if small and big:
+                lines.append(f"| {store} page {where}: large session / 1,000-event session (time per request) | {ratio(small['rps'], big['rps'])} |")
+    return "\n".join(lines)
+
+
+def replace_results(path, report):
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    text = open(path).read()
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    open(path, "w").write(f"{before}{start}\n{report}\n{end}{after}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+//! Baselines and probes for `bench/run.py`; not part of the service.
+//!
+//! - `append URI DB CONNECTIONS SECONDS`: the raw driver doing exactly the database work of
+//!   the service's append: one `findOneAndUpdate` of the session, one `insert` of the event,
+//!   with the same documents.
+//! - `insert-many URI DB CONNECTIONS SECONDS`: raw `insert_many` of 100 events per call.
+//! - `echo PORT`: a minimal axum server that parses and returns a JSON body.
+//! - `tail URL STREAMS SECONDS RATE`: opens STREAMS live streams on one session, posts RATE
+//!   events a second, and measures the delay from post to delivery on every stream.
+//!
+//! Each measuring mode prints one JSON line of results.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use conversation_sessions::store::mongo::{MongoConfig, MongoStore};
+use mongodb::bson::{doc, DateTime, Document};
+use mongodb::options::ReturnDocument;
+use serde_json::{json, Value};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let num = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
+    match arg(0).as_str() {
+        "append" => append(&arg(1), &arg(2), num(3), num(4)).await,
+        "insert-many" => insert_many(&arg(1), &arg(2), num(3), num(4)).await,
+        "echo" => echo(num(1) as u16).await,
+        "tail" => tail(&arg(1), num(2), num(3), num(4)).await,
+        _ => Err("usage: baseline append|insert-many|echo|tail ...".into()),
+    }
+}
+
+/// Latencies in microseconds, summarised.
+fn report(
+    name: &str,
+    ops: u64,
+    units_per_op: u64,
+    elapsed: Duration,
+    mut micros: Vec<u32>,
+    errors: u64,
+) {
+    micros.sort_unstable();
+    let pct = |p: f64| {
+        if micros.is_empty() {
+            return 0.0;
+        }
+        let i = ((micros.len() as f64 * p).ceil() as usize).clamp(1, micros.len()) - 1;
+        f64::from(micros[i]) / 1000.0
+    };
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "{}",
+        json!({
+            "baseline": name, "ops": ops, "seconds": secs, "ops_per_sec": ops as f64 / secs,
+            "units_per_sec": (ops * units_per_op) as f64 / secs,
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "p999_ms": pct(0.999), "errors": errors,
+        })
+    );
+}
+
+async fn collections(
+    uri: &str,
+    db: &str,
+) -> Result<(mongodb::Collection<Document>, mongodb::Collection<Document>)> {
+    // The service's own indexes, so that the baseline pays for the same index writes.
+    MongoStore::connect(&MongoConfig {
+        uri: uri.to_owned(),
+        db_name: Some(db.to_owned()),
+        timeout: Duration::from_secs(10),
+        max_pool_size: None,
+    })
+    .await?;
+    let client = mongodb::Client::with_uri_str(uri).await?;
+    let database = client.database(db);
+    Ok((
+        database.collection("sessions"),
+        database.collection("events"),
+    ))
+}
+
+fn payload(i: u64) -> Document {
+    doc! {"text": format!("caller utterance number {i} with some words to make it realistic"),
+    "confidence": 0.93, "speaker": "caller", "lang": "en-US", "tokens": 17_i64,
+    "channel": "inbound", "asr": "engine-a"}
+}
+
+fn event_doc(session: &str, event_id: &str, seq: i64, now: DateTime, i: u64) -> Document {
+    doc! {"sessionId": session, "eventId": event_id, "type": "user_speech", "payload": payload(i),
+    "timestamp": now, "seq": seq, "receivedAt": now}
+}
+
+async fn append(uri: &str, db: &str, connections: u64, seconds: u64) -> Result<()> {
+    let (sessions, events) = collections(uri, db).await?;
+    for s in 0..100 {
+        let now = DateTime::now();
+        sessions
+            .insert_one(doc! {"_id": format!("base-{s}"), "status": "initiated", "language": mongodb::bson::Bson::Null,
+                "metadata": {}, "startedAt": now, "updatedAt": now, "lastSeq": 0_i64, "createToken": "t"})
+            .await?;
+    }
+    let counter = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (sessions, events, counter) = (sessions.clone(), events.clone(), Arc::clone(&counter));
+            tokio::spawn(async move {
+                let (mut micros, mut errors) = (Vec::new(), 0_u64);
+                while Instant::now() < deadline {
+                    let i = counter.fetch_add(1, Ordering::Relaxed);
+                    let session = format!("base-{}", i % 100);
+                    let t0 = Instant::now();
+                    let now = DateTime::now();
+                    let reserved = sessions
+                        .find_one_and_update(
+                            doc! {"_id": &session, "status": {"$in": ["initiated", "active"]}},
+                            doc! {"$inc": {"lastSeq": 1_i64}, "$set": {"status": "active"}, "$max": {"updatedAt": now}},
+                        )
+                        .return_document(ReturnDocument::After)
+                        .projection(doc! {"_id": 0, "lastSeq": 1, "updatedAt": 1})
+                        .await;
+                    let seq = match reserved {
+                        Ok(Some(d)) => d.get_i64("lastSeq").unwrap_or(0),
+                        _ => {
+                            errors += 1;
+                            continue;
+                        }
+                    };
+                    let inserted = events.insert_one(event_doc(&session, &format!("e{i}"), seq, now, i)).await;
+                    if inserted.is_err() {
+                        errors += 1;
+                        continue;
+                    }
+                    micros.push(t0.elapsed().as_micros() as u32);
+                }
+                (micros, errors)
+            })
+        })
+        .collect();
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (micros, e) = task.await?;
+        all.extend(micros);
+        errors += e;
+    }
+    report(
+        "driver_append",
+        all.len() as u64,
+        1,
+        started.elapsed(),
+        all,
+        errors,
+    );
+    Ok(())
+}
+
+async fn insert_many(uri: &str, db: &str, connections: u64, seconds: u64) -> Result<()> {
+    let (_, events) = collections(uri, db).await?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (events, counter) = (events.clone(), Arc::clone(&counter));
+            tokio::spawn(async move {
+                let (mut micros, mut errors) = (Vec::new(), 0_u64);
+                while Instant::now() < deadline {
+                    let batch = counter.fetch_add(1, Ordering::Relaxed);
+                    let now = DateTime::now();
+                    let docs: Vec<Document> = (0..100)
+                        .map(|k| {
+                            let i = batch * 100 + k;
+                            event_doc(
+                                &format!("many-{}", batch % 100),
+                                &format!("e{i}"),
+                                i as i64 + 1,
+                                now,
+                                i,
+                            )
+                        })
+                        .collect();
+                    let t0 = Instant::now();
+                    match events.insert_many(docs).await {
+                        Ok(_) => micros.push(t0.elapsed().as_micros() as u32),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (micros, errors)
+            })
+        })
+        .collect();
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (micros, e) = task.await?;
+        all.extend(micros);
+        errors += e;
+    }
+    report(
+        "driver_insert_many_100",
+        all.len() as u64,
+        100,
+        started.elapsed(),
+        all,
+        errors,
+    );
+    Ok(())
+}
+
+async fn echo(port: u16) -> Result<()> {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/{*path}",
+        post(|axum::Json(body): axum::Json<Value>| async move {
+            (axum::http::StatusCode::CREATED, axum::Json(body))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+fn micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+async fn tail(url: &str, streams: u64, seconds: u64, rate: u64) -> Result<()> {
+    let client = reqwest::Client::new();
+    let session = format!("tail-{}", micros_now());
+    client
+        .post(format!("{url}/sessions"))
+        .json(&json!({"sessionId": session}))
+        .send()
+        .await?;
+    let delays = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let received = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..streams {
+        let mut response = client
+            .get(format!("{url}/sessions/{session}/events/stream"))
+            .header("accept", "text/event-stream")
+            .send()
+            .await?;
+        let (delays, received) = (Arc::clone(&delays), Arc::clone(&received));
+        readers.push(tokio::spawn(async move {
+            let mut buffer = String::new();
+            while let Ok(Some(chunk)) = response.chunk().await {
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find("\n\n") {
+                    let frame: String = buffer.drain(..end + 2).collect();
+                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                        continue;
+                    };
+                    let Ok(event) = serde_json::from_str::<Value>(data) else {
+                        continue;
+                    };
+                    if let Some(sent) = event["payload"]["sentAt"].as_u64() {
+                        let delay = micros_now().saturating_sub(sent);
+                        delays.lock().unwrap().push(delay as u32);
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if frame.contains("event: session.closed") {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    let interval = Duration::from_micros(1_000_000 / rate.max(1));
+    let mut posted = 0_u64;
+    let mut errors = 0_u64;
+    let mut tick = tokio::time::interval(interval);
+    while started.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        let body = json!({"eventId": format!("t{posted}"), "type": "bot_speech",
+                          "payload": {"sentAt": micros_now(), "text": "x".repeat(150)}});
+        match client
+            .post(format!("{url}/sessions/{session}/events"))
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => posted += 1,
+            _ => errors += 1,
+        }
+    }
+    client
+        .post(format!("{url}/sessions/{session}/complete"))
+        .send()
+        .await?;
+    for reader in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+    }
+    let micros = std::mem::take(&mut *delays.lock().unwrap());
+    let expected = posted * streams;
+    let got = received.load(Ordering::Relaxed);
+    let mut sorted = micros;
+    sorted.sort_unstable();
+    let pct = |p: f64| {
+        sorted
+            .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+            .map_or(0.0, |v| f64::from(*v) / 1000.0)
+    };
+    println!(
+        "{}",
+        json!({"baseline": "tail", "streams": streams, "posted": posted, "expected_deliveries": expected,
+               "deliveries": got, "missing": expected.saturating_sub(got), "errors": errors,
+               "delay_p50_ms": pct(0.5), "delay_p99_ms": pct(0.99), "delay_max_ms": pct(1.0)})
+    );
+    Ok(())
+}
