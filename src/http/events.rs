@@ -87,6 +87,12 @@ struct AppendEventBody {
     timestamp: Option<String>,
 }
 
+/// Bytes to a validated event, as the append handler parses them.
+#[cfg(test)]
+pub(super) fn parse_append(bytes: &[u8]) -> Result<NewEvent, ApiError> {
+    Ok(super::extract::parse_json::<AppendEventBody>(bytes)?.parse()?)
+}
+
 impl AppendEventBody {
     fn parse(self) -> Result<NewEvent, ValidationError> {
         Ok(NewEvent {

@@ -33,6 +33,26 @@ use crate::service::Written;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Entry points for the property tests: the parsing a request body goes through, from
+/// bytes to validated domain values.
+#[cfg(test)]
+pub(crate) mod fuzzing {
+    use super::error::ApiError;
+    use super::extract::parse_json;
+
+    pub fn parse_append_body(bytes: &[u8]) -> Result<(), ApiError> {
+        super::events::parse_append(bytes).map(drop)
+    }
+
+    pub fn parse_create_body(bytes: &[u8]) -> Result<(), ApiError> {
+        super::sessions::parse_create(bytes).map(drop)
+    }
+
+    pub fn parse_json_value(bytes: &[u8]) -> Result<(), ApiError> {
+        parse_json::<serde_json::Value>(bytes).map(drop)
+    }
+}
+
 /// The request id of the current request: the client's when it sent a usable one.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);

@@ -82,6 +82,12 @@ struct CreateSessionBody {
     started_at: Option<String>,
 }
 
+/// Bytes to a validated session, as the create handler parses them.
+#[cfg(test)]
+pub(super) fn parse_create(bytes: &[u8]) -> Result<NewSession, ApiError> {
+    super::extract::parse_json::<CreateSessionBody>(bytes)?.parse()
+}
+
 impl CreateSessionBody {
     fn parse(self) -> Result<NewSession, ApiError> {
         let status = match self.status.as_deref() {

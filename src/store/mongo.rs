@@ -353,6 +353,38 @@ impl MongoStore {
         Ok(())
     }
 
+    /// MongoDB's `explain` (executionStats) of exactly the query a page of events runs:
+    /// which index it uses, with which bounds, and how many keys it examined.
+    pub async fn explain_page(
+        &self,
+        session: &SessionId,
+        query: &EventPageQuery,
+    ) -> Result<Document, StoreError> {
+        let direction = match query.order {
+            Order::Asc => 1,
+            Order::Desc => -1,
+        };
+        let sort = match query.start {
+            PageStart::AfterSeq(_) => doc! {"seq": 1},
+            _ => doc! {"timestamp": direction, "seq": direction},
+        };
+        let mut find = doc! {
+            "find": self.events.name(),
+            "filter": page_filter(session, query),
+            "sort": sort,
+            "projection": {"_id": 0},
+            "limit": i64::try_from(query.limit).unwrap_or(i64::MAX),
+        };
+        if let PageStart::Offset(skip) = query.start {
+            find.insert("skip", i64::try_from(skip).unwrap_or(i64::MAX));
+        }
+        self.client
+            .database(&self.events.namespace().db)
+            .run_command(doc! {"explain": find, "verbosity": "executionStats"})
+            .await
+            .map_err(classify)
+    }
+
     /// Closes the client's connections.
     pub async fn shutdown(&self) {
         // Immediate: the grace period for in-flight requests is already over.

@@ -175,6 +175,25 @@ impl TestApp {
     }
 }
 
+/// Every event of a session in seq order, through `afterSeq` and its cursors.
+pub async fn walk_seq(app: &TestApp, session: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/sessions/{session}/events?afterSeq=0&limit=1000&cursor={c}"),
+            None => format!("/sessions/{session}/events?afterSeq=0&limit=1000"),
+        };
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        events.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return events,
+        }
+    }
+}
+
 /// Asserts the error envelope and returns its `details`.
 pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_code: &str) -> Value {
     assert_eq!(status.as_u16(), want_status, "{body}");

@@ -1,0 +1,191 @@
+//! Hostile input: deep or wide JSON, NUL bytes, operator-shaped values and ids. Every one
+//! gets a clean 4xx or is stored faithfully; none reaches MongoDB as an operator.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_error, on_both_stores, parts, TestApp};
+
+on_both_stores!(
+    json_nested_deeper_than_32_levels_is_refused,
+    a_huge_number_of_keys_is_bounded_by_the_size_limits,
+    nul_bytes_are_stored_faithfully_in_values_and_refused_in_keys,
+    operator_shaped_input_is_data_never_an_operator,
+    hostile_ids_are_refused_everywhere,
+);
+
+async fn post_raw(app: &TestApp, path: &str, body: String) -> (StatusCode, Value) {
+    let response = app
+        .client
+        .post(app.url(path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    parts(response).await
+}
+
+async fn json_nested_deeper_than_32_levels_is_refused(app: TestApp) {
+    app.create_session("h1").await;
+    let nest = |depth: usize| (0..depth).fold(json!("leaf"), |inner, _| json!({ "k": inner }));
+    let fits = json!({"eventId": "ok", "type": "t", "payload": nest(32)});
+    let (status, _) = app.post("/sessions/h1/events", &fits).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for depth in [33, 100] {
+        let deep = json!({"eventId": "deep", "type": "t", "payload": nest(depth)});
+        let (status, body) = app.post("/sessions/h1/events", &deep).await;
+        let details = assert_error(status, &body, 400, "validation_failed");
+        assert_eq!(details["field"], "payload");
+    }
+    // Deeper than the JSON parser's own recursion limit: still a clean 400.
+    let abyss = format!(
+        r#"{{"eventId":"x","type":"t","payload":{}1{}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    let (status, body) = post_raw(&app, "/sessions/h1/events", abyss).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+async fn a_huge_number_of_keys_is_bounded_by_the_size_limits(app: TestApp) {
+    app.create_session("h2").await;
+    let wide: serde_json::Map<String, Value> =
+        (0..30_000).map(|i| (format!("k{i}"), json!(1))).collect();
+    let (status, body) = app
+        .post(
+            "/sessions/h2/events",
+            &json!({"eventId": "wide", "type": "t", "payload": wide}),
+        )
+        .await;
+    assert_error(status, &body, 413, "payload_too_large");
+    let within_body: serde_json::Map<String, Value> =
+        (0..9_000).map(|i| (format!("k{i}"), json!(1))).collect();
+    let (status, body) = app
+        .post(
+            "/sessions/h2/events",
+            &json!({"eventId": "wide", "type": "t", "payload": within_body}),
+        )
+        .await;
+    let details = assert_error(status, &body, 400, "validation_failed");
+    assert_eq!(details["field"], "payload", "over 64 KiB serialized");
+}
+
+async fn nul_bytes_are_stored_faithfully_in_values_and_refused_in_keys(app: TestApp) {
+    app.create_session("h3").await;
+    let payload = json!({"text": "before\u{0}after", "list": ["\u{0}"]});
+    let stored = app
+        .append(
+            "h3",
+            json!({"eventId": "nul", "type": "t", "payload": payload}),
+        )
+        .await;
+    assert_eq!(stored["payload"], payload);
+    let (_, read) = app.get("/sessions/h3/events/nul").await;
+    assert_eq!(read["payload"], payload);
+    let (status, body) = post_raw(
+        &app,
+        "/sessions/h3/events",
+        r#"{"eventId":"k","type":"t","payload":{"a\u0000b":1}}"#.to_owned(),
+    )
+    .await;
+    assert_error(status, &body, 400, "validation_failed");
+    let (status, body) = app
+        .post(
+            "/sessions",
+            &json!({"sessionId": "h3x", "metadata": {"nested": {"k\u{0}": 1}}}),
+        )
+        .await;
+    assert_error(status, &body, 400, "validation_failed");
+}
+
+async fn operator_shaped_input_is_data_never_an_operator(app: TestApp) {
+    for (id, caller) in [("o1", "alice"), ("o2", "bob")] {
+        app.post(
+            "/sessions",
+            &json!({"sessionId": id, "metadata": {"caller": caller}}),
+        )
+        .await;
+    }
+    // A filter value shaped like an operator is a string that matches nothing.
+    for value in [
+        r#"{"$ne":null}"#,
+        r#"{"$gt":""}"#,
+        "$where",
+        r#"{"$regex":".*"}"#,
+    ] {
+        let encoded: String = form_encode(value);
+        let (status, body) = app
+            .get(&format!("/sessions?metadata.caller={encoded}"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["data"], json!([]), "{value} matched sessions");
+    }
+    // Operator-shaped values are stored as data, not run.
+    let payload = json!({"query": {"text": "$ne"}, "note": "{\"$gt\": 1}"});
+    let stored = app
+        .append(
+            "o1",
+            json!({"eventId": "op", "type": "t", "payload": payload}),
+        )
+        .await;
+    assert_eq!(stored["payload"], payload);
+    for key in ["$set", "$where", "a.b", "$", "."] {
+        let (status, body) = app
+            .post(
+                "/sessions/o1/events",
+                &json!({"eventId": "bad", "type": "t", "payload": {"x": [{key: 1}]}}),
+            )
+            .await;
+        assert_error(status, &body, 400, "validation_failed");
+    }
+}
+
+fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn hostile_ids_are_refused_everywhere(app: TestApp) {
+    app.create_session("h5").await;
+    for id in [
+        "%24where",
+        "%7B%22%24gt%22%3A%22%22%7D",
+        "a%00b",
+        "..%2F..%2Fetc",
+        "a%2Fb",
+        "%20",
+        "%C3%A9",
+    ] {
+        for path in [
+            format!("/sessions/{id}"),
+            format!("/sessions/{id}/events"),
+            format!("/sessions/h5/events/{id}"),
+        ] {
+            let (status, body) = app.get(&path).await;
+            assert_error(status, &body, 400, "validation_failed");
+        }
+    }
+    for id in [
+        "$where",
+        "{\"$gt\":\"\"}",
+        "a\u{0}b",
+        "../etc",
+        "a/b",
+        " ",
+        "é",
+        "..",
+    ] {
+        let (status, body) = app.post("/sessions", &json!({"sessionId": id})).await;
+        assert_error(status, &body, 400, "validation_failed");
+        let (status, body) = app
+            .post("/sessions/h5/events", &json!({"eventId": id, "type": "t"}))
+            .await;
+        assert_error(status, &body, 400, "validation_failed");
+    }
+}
