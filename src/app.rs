@@ -20,9 +20,20 @@ use crate::store::{
     EventRepository, MemoryStore, Metered, MongoStore, SessionRepository, StoreError,
 };
 
-/// What every handler can reach.
+/// What every handler can reach. axum clones it for every request, so it is one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The services and settings behind [`AppState`].
+pub struct Shared {
     pub sessions: SessionService,
     pub events: EventService,
     pub live: LiveService,
@@ -47,7 +58,7 @@ impl AppState {
         let metered = Arc::new(Metered::new(store, Arc::clone(&metrics)));
         let sessions: Arc<dyn SessionRepository> = metered.clone();
         let events: Arc<dyn EventRepository> = metered;
-        Self {
+        Self(Arc::new(Shared {
             metrics,
             api_keys: config.api_keys.as_deref().map(ApiKeys::new),
             sessions: SessionService::new(
@@ -62,7 +73,7 @@ impl AppState {
             ),
             live: LiveService::new(sessions, events, feed, config.sse_max_streams, stop),
             heartbeat: config.sse_heartbeat,
-        }
+        }))
     }
 }
 
