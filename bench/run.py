@@ -310,7 +310,8 @@ def main():
     try:
         wait_port(db_port)
         uri = f"mongodb://127.0.0.1:{db_port}/?directConnection=true"
-        baseline_uri = f"{uri}&maxPoolSize={POOL}"
+        # The service's write concern (majority, journaled) and pool, on the raw driver too.
+        baseline_uri = f"{uri}&maxPoolSize={POOL}&w=majority&journal=true"
         baselines["driver_append"] = baseline("append", baseline_uri, f"base_append_{db_port}", CONNECTIONS, seconds)
         baselines["driver_insert_many"] = baseline("insert-many", baseline_uri, f"base_many_{db_port}", CONNECTIONS, seconds)
         service = Service("mongo", uri)

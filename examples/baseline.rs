@@ -69,10 +69,9 @@ async fn collections(
 ) -> Result<(mongodb::Collection<Document>, mongodb::Collection<Document>)> {
     // The service's own indexes, so that the baseline pays for the same index writes.
     MongoStore::connect(&MongoConfig {
-        uri: uri.to_owned(),
         db_name: Some(db.to_owned()),
         timeout: Duration::from_secs(10),
-        max_pool_size: None,
+        ..MongoConfig::new(uri)
     })
     .await?;
     let client = mongodb::Client::with_uri_str(uri).await?;

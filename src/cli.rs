@@ -29,6 +29,15 @@ pub struct Cli {
     /// Connections per MongoDB server (default: the driver's, 10).
     #[arg(long, env = "DB_MAX_POOL_SIZE", value_name = "N")]
     db_max_pool_size: Option<String>,
+    /// Write concern: `majority` (default) or a number of members.
+    #[arg(long, env = "DB_WRITE_CONCERN", value_name = "W")]
+    db_write_concern: Option<String>,
+    /// Whether acknowledged writes are journaled (default true).
+    #[arg(long, env = "DB_JOURNAL", value_name = "BOOL")]
+    db_journal: Option<String>,
+    /// Whether the driver retries a failed write once (default true).
+    #[arg(long, env = "DB_RETRY_WRITES", value_name = "BOOL")]
+    db_retry_writes: Option<String>,
     /// Largest request body in bytes.
     #[arg(
         long,
@@ -92,6 +101,9 @@ impl Cli {
             ("DB_NAME", self.db_name),
             ("DB_TIMEOUT_MS", Some(self.db_timeout_ms)),
             ("DB_MAX_POOL_SIZE", self.db_max_pool_size),
+            ("DB_WRITE_CONCERN", self.db_write_concern),
+            ("DB_JOURNAL", self.db_journal),
+            ("DB_RETRY_WRITES", self.db_retry_writes),
             ("BODY_LIMIT_BYTES", Some(self.body_limit_bytes)),
             ("LOG_FORMAT", Some(self.log_format)),
             ("API_KEYS", self.api_keys),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::store::mongo::MongoConfig;
+use crate::store::mongo::{MongoConfig, WriteAcknowledgment};
 
 const DEFAULT_PORT: u16 = 3000;
 const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
@@ -76,6 +76,15 @@ impl Config {
                             .and_then(|n| positive(n, "DB_MAX_POOL_SIZE"))
                     })
                     .transpose()?,
+                write_acknowledgment: match get("DB_WRITE_CONCERN").as_deref() {
+                    None | Some("majority") => WriteAcknowledgment::Majority,
+                    Some(n) => WriteAcknowledgment::Nodes(positive(
+                        parse_or("DB_WRITE_CONCERN", Some(n.to_owned()), 0)?,
+                        "DB_WRITE_CONCERN",
+                    )?),
+                },
+                journal: flag("DB_JOURNAL", get("DB_JOURNAL"), true)?,
+                retry_writes: flag("DB_RETRY_WRITES", get("DB_RETRY_WRITES"), true)?,
             }),
         };
         let log_format = match get("LOG_FORMAT").as_deref() {
@@ -129,6 +138,18 @@ impl Config {
                 DEFAULT_SHUTDOWN_GRACE_SECS,
             )?),
         })
+    }
+}
+
+fn flag(name: &'static str, raw: Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match raw.as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(other) => Err(ConfigError {
+            name,
+            message: format!("{other:?} is neither true nor false"),
+        }),
     }
 }
 
@@ -219,6 +240,21 @@ mod tests {
         assert_eq!(mongo.uri, "mongodb://db:27017/x");
         assert_eq!(mongo.timeout, Duration::from_millis(500));
         assert_eq!(mongo.db_name, None);
+        assert_eq!(mongo.write_acknowledgment, WriteAcknowledgment::Majority);
+        assert!(mongo.journal && mongo.retry_writes);
+        let relaxed = config(&[
+            ("DB_URI", "mongodb://db"),
+            ("DB_WRITE_CONCERN", "1"),
+            ("DB_JOURNAL", "false"),
+            ("DB_RETRY_WRITES", "no"),
+        ])
+        .unwrap()
+        .mongo
+        .unwrap();
+        assert_eq!(relaxed.write_acknowledgment, WriteAcknowledgment::Nodes(1));
+        assert!(!relaxed.journal && !relaxed.retry_writes);
+        assert!(config(&[("DB_URI", "mongodb://db"), ("DB_JOURNAL", "maybe")]).is_err());
+        assert!(config(&[("DB_URI", "mongodb://db"), ("DB_WRITE_CONCERN", "0")]).is_err());
     }
 
     #[test]

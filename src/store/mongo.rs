@@ -9,7 +9,7 @@ use mongodb::bson::{doc, Bson, DateTime as BsonDateTime, Document};
 use mongodb::error::{Error as MongoError, ErrorKind, InsertManyError, WriteFailure};
 use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
-use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern};
 use mongodb::{Client, Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -52,6 +52,36 @@ pub struct MongoConfig {
     /// turns into a fast `unavailable` rather than a hung request.
     pub timeout: Duration,
     pub max_pool_size: Option<u32>,
+    /// How many members must have a write before it is acknowledged.
+    pub write_acknowledgment: WriteAcknowledgment,
+    /// Whether an acknowledged write is in the on-disk journal.
+    pub journal: bool,
+    /// Whether the driver retries a write once after a network error or an election.
+    pub retry_writes: bool,
+}
+
+/// The `w` of the write concern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteAcknowledgment {
+    /// A majority of the replica set: survives the loss of the primary.
+    Majority,
+    /// This many members (1: the primary alone).
+    Nodes(u32),
+}
+
+impl MongoConfig {
+    /// A connection with the defaults: majority and journaled writes, retried once.
+    pub fn new(uri: impl Into<String>) -> Self {
+        Self {
+            uri: uri.into(),
+            db_name: None,
+            timeout: Duration::from_secs(3),
+            max_pool_size: None,
+            write_acknowledgment: WriteAcknowledgment::Majority,
+            journal: true,
+            retry_writes: true,
+        }
+    }
 }
 
 /// Sessions and events in MongoDB.
@@ -127,6 +157,16 @@ impl MongoStore {
         }
         options.app_name = Some(env!("CARGO_PKG_NAME").to_owned());
         options.server_selection_timeout = Some(config.timeout);
+        options.write_concern = Some(
+            WriteConcern::builder()
+                .w(match config.write_acknowledgment {
+                    WriteAcknowledgment::Majority => Acknowledgment::Majority,
+                    WriteAcknowledgment::Nodes(n) => Acknowledgment::Nodes(n),
+                })
+                .journal(config.journal)
+                .build(),
+        );
+        options.retry_writes = Some(config.retry_writes);
         options.connect_timeout = Some(config.timeout);
         if config.max_pool_size.is_some() {
             options.max_pool_size = config.max_pool_size;

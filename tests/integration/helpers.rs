@@ -26,10 +26,9 @@ pub fn mongo_uri() -> String {
 /// Connection settings for a fresh, randomly named database.
 pub fn fresh_mongo_config() -> MongoConfig {
     MongoConfig {
-        uri: mongo_uri(),
         db_name: Some(format!("test_{}", uuid::Uuid::new_v4().simple())),
         timeout: Duration::from_secs(10),
-        max_pool_size: None,
+        ..MongoConfig::new(mongo_uri())
     }
 }
 

@@ -68,10 +68,9 @@ async fn requests_fail_fast_with_503_when_the_database_is_gone() {
     let uri = server.uri.clone();
     let app = spawn_app_with(Backend::Mongo, |config| {
         config.mongo = Some(MongoConfig {
-            uri,
             db_name: Some("outage".to_owned()),
             timeout: Duration::from_millis(500),
-            max_pool_size: None,
+            ..MongoConfig::new(uri)
         });
     })
     .await;
