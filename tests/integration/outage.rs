@@ -13,6 +13,7 @@ use crate::helpers::{assert_error, spawn_app_with, Backend};
 struct OwnServer {
     child: Child,
     dir: std::path::PathBuf,
+    port: u16,
     uri: String,
 }
 
@@ -23,10 +24,25 @@ impl OwnServer {
             .expect("a free port")
             .port();
         let dir = std::env::temp_dir().join(format!("outage-{}", uuid::Uuid::new_v4().simple()));
+        let child = Self::spawn(port, &dir);
+        Self {
+            child,
+            dir,
+            port,
+            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+        }
+    }
+
+    /// Starts the server again on the same port and data, as after a crash.
+    fn restart(&mut self) {
+        self.child = Self::spawn(self.port, &self.dir);
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> Child {
         let child = Command::new("secantusd-rs")
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .arg("--storage-path")
-            .arg(&dir)
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -36,11 +52,7 @@ impl OwnServer {
             assert!(Instant::now() < deadline, "the test server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self {
-            child,
-            dir,
-            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
-        }
+        child
     }
 
     fn kill(&mut self) {
@@ -75,6 +87,9 @@ async fn requests_fail_fast_with_503_when_the_database_is_gone() {
     })
     .await;
     app.create_session("before").await;
+    for i in 0..10 {
+        app.append("before", json!({"eventId": format!("acked-{i}"), "type": "system"})).await;
+    }
     server.kill();
 
     for _ in 0..3 {
@@ -101,4 +116,37 @@ async fn requests_fail_fast_with_503_when_the_database_is_gone() {
             "the process itself still serves"
         );
     }
+
+    // Writes refused during the outage, to be retried by their clients.
+    let mut refused = Vec::new();
+    for i in 0..10 {
+        let (status, _) = app
+            .post("/sessions/before/events", &json!({"eventId": format!("retried-{i}"), "type": "system"}))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+        refused.push(format!("retried-{i}"));
+    }
+
+    // The database comes back; the application recovers by itself, without a restart.
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.get("/readyz").await.0 != reqwest::StatusCode::OK {
+        assert!(Instant::now() < deadline, "the application never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Clients retry with the same ids: refused writes are stored once, acknowledged ones
+    // are recognised as replays.
+    for id in &refused {
+        let (status, body) = app.post("/sessions/before/events", &json!({"eventId": id, "type": "system"})).await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    }
+    for i in 0..10 {
+        let (status, _) = app
+            .post("/sessions/before/events", &json!({"eventId": format!("acked-{i}"), "type": "system"}))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "acked-{i} was lost or duplicated");
+    }
+    let stored = app.walk("before", "limit=1000").await;
+    let ids: std::collections::HashSet<&str> = stored.iter().map(|e| e["eventId"].as_str().unwrap()).collect();
+    assert_eq!((stored.len(), ids.len()), (20, 20), "every event exactly once");
 }
