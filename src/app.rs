@@ -55,7 +55,12 @@ impl AppState {
     where
         S: SessionRepository + EventRepository + 'static,
     {
-        let metered = Arc::new(Metered::new(store, Arc::clone(&metrics)));
+        // The database's own time limit plus a second for the reply to travel; none in memory.
+        let bound = config
+            .mongo
+            .as_ref()
+            .map(|m| m.timeout + Duration::from_secs(1));
+        let metered = Arc::new(Metered::new(store, Arc::clone(&metrics), bound));
         let sessions: Arc<dyn SessionRepository> = metered.clone();
         let events: Arc<dyn EventRepository> = metered;
         Self(Arc::new(Shared {

@@ -1,8 +1,14 @@
-//! A repository decorator that times every store operation into the metrics.
+//! A repository decorator that times every store operation into the metrics, and bounds it.
+//!
+//! The bound exists because the Rust driver has no socket timeout: against a database that
+//! stopped answering on an open connection (a paused process, a dead network path), an
+//! operation waits until the driver's heartbeat gives up on the server, about ten seconds.
+//! Every write is idempotent on its unique key, so a client that gets the resulting 503
+//! retries safely.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -13,15 +19,21 @@ use super::{
 use crate::domain::{Event, EventId, FinalStatus, NewSession, Session, SessionId, Timestamp};
 use crate::metrics::Metrics;
 
-/// Wraps a store; behaves exactly like it, and records how long each call took.
+/// Wraps a store; behaves like it, records how long each call took, and turns a call that
+/// outlives `bound` into [`StoreError::Unavailable`].
 pub struct Metered<S> {
     inner: Arc<S>,
     metrics: Arc<Metrics>,
+    bound: Option<Duration>,
 }
 
 impl<S> Metered<S> {
-    pub fn new(inner: Arc<S>, metrics: Arc<Metrics>) -> Self {
-        Self { inner, metrics }
+    pub fn new(inner: Arc<S>, metrics: Arc<Metrics>, bound: Option<Duration>) -> Self {
+        Self {
+            inner,
+            metrics,
+            bound,
+        }
     }
 
     async fn timed<T>(
@@ -30,7 +42,14 @@ impl<S> Metered<S> {
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let result = call.await;
+        let result = match self.bound {
+            None => call.await,
+            Some(bound) => tokio::time::timeout(bound, call).await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    format!("{operation} had no answer within {} ms", bound.as_millis()).into(),
+                ))
+            }),
+        };
         // A duplicate key is an answer, not a failure.
         let ok = matches!(result, Ok(_) | Err(StoreError::Duplicate));
         self.metrics

@@ -67,6 +67,12 @@ impl OwnServer {
     fn kill(&mut self) {
         self.stop("KILL");
     }
+
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status();
+    }
 }
 
 impl Drop for OwnServer {
@@ -187,4 +193,59 @@ async fn requests_fail_fast_with_503_when_the_database_is_gone() {
         (20, 20),
         "every event exactly once"
     );
+}
+
+mod paused {
+    use super::*;
+
+    mod mongo {
+        use super::*;
+
+        /// A database that stops answering (SIGSTOP) gives 503 within the configured bound;
+        /// when it resumes (SIGCONT), service resumes.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_paused_database_gives_503_within_the_bound_and_service_resumes() {
+            let mut server = OwnServer::start();
+            let uri = server.uri.clone();
+            let app = spawn_app_with(Backend::Mongo, |config| {
+                config.mongo = Some(MongoConfig {
+                    db_name: Some("paused".to_owned()),
+                    timeout: Duration::from_millis(500),
+                    ..MongoConfig::new(uri)
+                });
+            })
+            .await;
+            app.create_session("p").await;
+            server.signal("STOP");
+            for i in 0..3 {
+                let started = Instant::now();
+                let (status, body) = app
+                    .post(
+                        "/sessions/p/events",
+                        &json!({"eventId": format!("e{i}"), "type": "system"}),
+                    )
+                    .await;
+                let elapsed = started.elapsed();
+                assert_error(status, &body, 503, "unavailable");
+                assert!(elapsed < Duration::from_millis(2500), "took {elapsed:?}");
+            }
+            server.signal("CONT");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (status, _) = app
+                    .post(
+                        "/sessions/p/events",
+                        &json!({"eventId": "e0", "type": "system"}),
+                    )
+                    .await;
+                if status.is_success() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "service did not resume");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let stored = app.walk("p", "limit=100").await;
+            assert!(stored.len() <= 3, "no event stored twice: {stored:?}");
+        }
+    }
 }
