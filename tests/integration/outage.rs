@@ -205,7 +205,7 @@ mod paused {
         /// when it resumes (SIGCONT), service resumes.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_paused_database_gives_503_within_the_bound_and_service_resumes() {
-            let mut server = OwnServer::start();
+            let server = OwnServer::start();
             let uri = server.uri.clone();
             let app = spawn_app_with(Backend::Mongo, |config| {
                 config.mongo = Some(MongoConfig {
