@@ -1,6 +1,6 @@
 //! Startup shared by `main` and the tests: pick the store, bind, serve until told to stop.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -102,6 +106,8 @@ pub struct Application {
     mongo: Option<Arc<MongoStore>>,
     stop: watch::Sender<bool>,
     grace: Duration,
+    header_read_timeout: Duration,
+    max_connections: usize,
 }
 
 impl Application {
@@ -146,10 +152,12 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?;
         Ok(Self {
             listener,
-            router: crate::http::router(state, config.body_limit_bytes),
+            router: crate::http::router(state, config.body_limit_bytes, config.body_read_timeout),
             mongo,
             stop,
             grace: config.shutdown_grace,
+            header_read_timeout: config.header_read_timeout,
+            max_connections: config.max_connections,
         })
     }
 
@@ -184,9 +192,13 @@ impl Application {
                 Err(_) => std::future::pending().await,
             }
         };
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(stopping);
+        let limits = ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+        };
+        let served = serve(self.listener, self.router, limits, stopping);
         tokio::select! {
-            served = served.into_future() => served?,
+            () = served => {},
             () = grace_over => tracing::warn!(
                 grace_secs = grace.as_secs(),
                 "grace period over; unfinished requests are dropped"
@@ -198,6 +210,67 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// What keeps slow or numerous clients from exhausting the service.
+struct ConnectionLimits {
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
+/// Accepts connections until `shutdown`, then waits for the open ones to finish.
+///
+/// Like `axum::serve`, with two guards it lacks: a connection must deliver each request's
+/// headers within `header_read_timeout` (slowloris clients are cut off), and at most
+/// `max_connections` are open at once (one more is closed as soon as it is accepted).
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut builder = ConnectionBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(
+                limit = limits.max_connections,
+                "connection refused: at the limit"
+            );
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// The in-memory store's stand-in for MongoDB's TTL monitor.

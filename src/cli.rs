@@ -73,6 +73,30 @@ pub struct Cli {
         default_value = "10"
     )]
     shutdown_grace_secs: String,
+    /// Seconds a connection has to deliver a request's headers.
+    #[arg(
+        long,
+        env = "HEADER_READ_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "10"
+    )]
+    header_read_timeout_secs: String,
+    /// Seconds a request body may pause between two pieces before 408.
+    #[arg(
+        long,
+        env = "BODY_READ_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value = "10"
+    )]
+    body_read_timeout_secs: String,
+    /// Open connections one instance accepts; more are closed at once.
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS",
+        value_name = "N",
+        default_value = "10000"
+    )]
+    max_connections: String,
     /// Seconds between heartbeat comments on an idle live stream.
     #[arg(
         long,
@@ -109,6 +133,12 @@ impl Cli {
             ("API_KEYS", self.api_keys),
             ("RETENTION_DAYS", self.retention_days),
             ("SHUTDOWN_GRACE_SECS", Some(self.shutdown_grace_secs)),
+            (
+                "HEADER_READ_TIMEOUT_SECS",
+                Some(self.header_read_timeout_secs),
+            ),
+            ("BODY_READ_TIMEOUT_SECS", Some(self.body_read_timeout_secs)),
+            ("MAX_CONNECTIONS", Some(self.max_connections)),
             ("SSE_HEARTBEAT_SECS", Some(self.sse_heartbeat_secs)),
             ("SSE_MAX_STREAMS", Some(self.sse_max_streams)),
         ]);

@@ -10,6 +10,9 @@ const DEFAULT_DB_TIMEOUT_MS: u64 = 3000;
 const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
 const DEFAULT_SSE_MAX_STREAMS: usize = 1000;
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 10;
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,6 +45,12 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// How long in-flight requests may take to finish after a stop signal.
     pub shutdown_grace: Duration,
+    /// A connection must deliver a request's headers within this; else it is closed.
+    pub header_read_timeout: Duration,
+    /// A request body may pause this long between two pieces; else 408.
+    pub body_read_timeout: Duration,
+    /// Open connections one instance accepts; more are closed at once.
+    pub max_connections: usize,
 }
 
 /// A setting that is present but unusable.
@@ -137,6 +146,31 @@ impl Config {
                 get("SHUTDOWN_GRACE_SECS"),
                 DEFAULT_SHUTDOWN_GRACE_SECS,
             )?),
+            header_read_timeout: Duration::from_secs(positive(
+                parse_or(
+                    "HEADER_READ_TIMEOUT_SECS",
+                    get("HEADER_READ_TIMEOUT_SECS"),
+                    DEFAULT_HEADER_READ_TIMEOUT_SECS,
+                )?,
+                "HEADER_READ_TIMEOUT_SECS",
+            )?),
+            body_read_timeout: Duration::from_secs(positive(
+                parse_or(
+                    "BODY_READ_TIMEOUT_SECS",
+                    get("BODY_READ_TIMEOUT_SECS"),
+                    DEFAULT_BODY_READ_TIMEOUT_SECS,
+                )?,
+                "BODY_READ_TIMEOUT_SECS",
+            )?),
+            max_connections: positive(
+                parse_or(
+                    "MAX_CONNECTIONS",
+                    get("MAX_CONNECTIONS"),
+                    DEFAULT_MAX_CONNECTIONS,
+                )?,
+                "MAX_CONNECTIONS",
+            )?
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
         })
     }
 }

@@ -28,6 +28,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("not ready: the database did not answer a ping")]
     NotReady,
+    #[error("the request body stopped arriving")]
+    BodyTimeout,
     #[error(transparent)]
     Service(#[from] ServiceError),
     #[error("internal error")]
@@ -76,6 +78,7 @@ impl ApiError {
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", None),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout", None),
             Self::Service(S::SessionNotFound(_)) => {
                 (StatusCode::NOT_FOUND, "session_not_found", None)
             }

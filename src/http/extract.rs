@@ -38,7 +38,8 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(limit)
         } else {
-            ApiError::InvalidJson("the body could not be read".to_owned())
+            // The body stopped arriving: it paused past BODY_READ_TIMEOUT_SECS.
+            ApiError::BodyTimeout
         }
     })
 }

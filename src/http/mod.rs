@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 use utoipa_axum::router::OpenApiRouter;
@@ -58,7 +59,7 @@ pub(crate) mod fuzzing {
 pub struct RequestId(pub String);
 
 /// The whole HTTP API over `state`, with its middleware.
-pub fn router(state: AppState, body_limit: usize) -> Router {
+pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -> Router {
     let keys = state.api_keys.clone();
     let metrics = Arc::clone(&state.metrics);
     let api = OpenApiRouter::new()
@@ -72,6 +73,8 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .with_state(state)
         .layer(Extension(description))
         .layer(DefaultBodyLimit::max(body_limit))
+        // A body that trickles in stalls only its own request, and not for long.
+        .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
         .layer(Extension(BodyLimit(body_limit)))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a handler panicked".to_owned()).into_response()

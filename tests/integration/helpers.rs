@@ -54,6 +54,9 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         api_keys: None,
         retention: None,
         shutdown_grace: Duration::from_secs(10),
+        header_read_timeout: Duration::from_secs(10),
+        body_read_timeout: Duration::from_secs(10),
+        max_connections: 10_000,
     };
     adjust(&mut config);
     if std::env::var_os("TEST_LOG").is_some() {

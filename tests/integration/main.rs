@@ -20,5 +20,6 @@ mod pagination;
 mod process;
 mod querying;
 mod sessions;
+mod slow_clients;
 mod store_contract;
 mod torture;

@@ -1,0 +1,134 @@
+//! Slow and numerous clients cannot exhaust the service: headers and bodies that trickle in
+//! are cut off, and connections past the limit are closed at once.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{spawn_app_with, Backend, TestApp};
+
+fn address(app: &TestApp) -> String {
+    app.address.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the connection or `within` passes; returns what came and
+/// whether it closed.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buffer = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (String::from_utf8_lossy(&received).into_owned(), true)
+            }
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+            Err(_) => return (String::from_utf8_lossy(&received).into_owned(), false),
+        }
+    }
+}
+
+mod memory_only {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slowloris_connections_are_cut_off_while_others_are_served() {
+        let app = spawn_app_with(Backend::Memory, |c| {
+            c.header_read_timeout = Duration::from_secs(1)
+        })
+        .await;
+        let mut slow = Vec::new();
+        for _ in 0..50 {
+            let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+            stream
+                .write_all(b"POST /sessions HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            slow.push(stream);
+        }
+        let trickle = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut cut_off = 0;
+            for stream in &mut slow {
+                // One more header byte now and then, never the end of the headers.
+                let _ = stream.write_all(b"X").await;
+            }
+            for stream in &mut slow {
+                let (_, closed) = read_until_closed(stream, Duration::from_secs(5)).await;
+                if closed {
+                    cut_off += 1;
+                }
+            }
+            (cut_off, started.elapsed())
+        });
+        let started = Instant::now();
+        let (status, _) = app.get("/healthz").await;
+        assert_eq!(status, reqwest::StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "a normal request waited"
+        );
+        let (cut_off, elapsed) = trickle.await.unwrap();
+        assert_eq!(cut_off, 50, "every slow connection is closed");
+        assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_that_stops_arriving_gets_408() {
+        let app = spawn_app_with(Backend::Memory, |c| {
+            c.body_read_timeout = Duration::from_secs(1)
+        })
+        .await;
+        let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+        stream
+            .write_all(b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"sessionId\"")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let (reply, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(reply.contains("request_timeout"), "{reply}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_past_the_limit_are_closed_and_a_freed_slot_is_reused() {
+        let app = spawn_app_with(Backend::Memory, |c| c.max_connections = 5).await;
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buffer = [0u8; 1024];
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+            held.push(stream);
+        }
+        let mut extra = TcpStream::connect(address(&app)).await.unwrap();
+        let _ = extra
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let (reply, closed) = read_until_closed(&mut extra, Duration::from_secs(2)).await;
+        assert!(
+            closed && reply.is_empty(),
+            "the sixth connection was served: {reply}"
+        );
+        drop(held.pop());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+            let _ = stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let (reply, _) = read_until_closed(&mut stream, Duration::from_secs(2)).await;
+            if reply.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the freed slot was never reused");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
