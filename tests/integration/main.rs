@@ -11,6 +11,7 @@ mod concurrency;
 mod errors;
 mod events;
 mod explain;
+mod faults;
 mod hostile;
 mod live;
 mod openapi;

@@ -11,15 +11,15 @@ use serde_json::json;
 use crate::helpers::{assert_error, spawn_app_with, Backend};
 
 /// A test server of this test's own, so that stopping it harms no other test.
-struct OwnServer {
+pub(crate) struct OwnServer {
     child: Child,
     dir: std::path::PathBuf,
     port: u16,
-    uri: String,
+    pub(crate) uri: String,
 }
 
 impl OwnServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -35,7 +35,7 @@ impl OwnServer {
     }
 
     /// Starts the server again on the same port and data, as after a crash.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.child = Self::spawn(self.port, &self.dir);
     }
 
@@ -57,7 +57,7 @@ impl OwnServer {
     }
 
     /// Stops the server: SIGKILL, or SIGTERM for a clean stop.
-    fn stop(&mut self, signal: &str) {
+    pub(crate) fn stop(&mut self, signal: &str) {
         let _ = Command::new("kill")
             .args([format!("-{signal}"), self.child.id().to_string()])
             .status();

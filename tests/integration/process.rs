@@ -57,14 +57,14 @@ fn a_bad_setting_stops_startup_with_its_name() {
 }
 
 /// A service process writing JSON logs, with its stdout read line by line.
-struct Service {
-    child: Child,
+pub(crate) struct Service {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<Value>,
-    address: String,
+    pub(crate) address: String,
 }
 
 impl Service {
-    fn start(extra_env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start(extra_env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BIN);
         command
             .env_clear()
@@ -110,7 +110,7 @@ impl Service {
         }
     }
 
-    fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
