@@ -57,6 +57,49 @@ pub async fn require_api_key(
 mod tests {
     use super::*;
 
+    /// The time to refuse a key does not depend on how much of it was right: a wrong first
+    /// byte, a wrong middle and a wrong last byte take the same time, within noise.
+    #[test]
+    fn refusal_time_does_not_depend_on_how_much_of_the_key_matches() {
+        use std::hint::black_box;
+        use std::time::Instant;
+
+        let key = "k".repeat(256);
+        let keys = ApiKeys::new(&[key.clone()]);
+        let wrong_at = |i: usize| {
+            let mut bytes = key.clone().into_bytes();
+            bytes[i] = b'x';
+            bytes
+        };
+        let cases = [wrong_at(0), wrong_at(128), wrong_at(255)];
+        let mut samples: Vec<Vec<u128>> = vec![Vec::new(); cases.len()];
+        for round in 0..200 {
+            // Interleaved, in a rotating order, so drift on a shared machine hits every case.
+            for offset in 0..cases.len() {
+                let case = (round + offset) % cases.len();
+                let started = Instant::now();
+                for _ in 0..200 {
+                    black_box(keys.admits(black_box(&cases[case])));
+                }
+                samples[case].push(started.elapsed().as_nanos());
+            }
+        }
+        let medians: Vec<u128> = samples
+            .iter_mut()
+            .map(|s| {
+                s.sort_unstable();
+                s[s.len() / 2]
+            })
+            .collect();
+        let (fastest, slowest) = (medians.iter().min().unwrap(), medians.iter().max().unwrap());
+        let ratio = *slowest as f64 / *fastest as f64;
+        println!("refusal time medians (ns per 200 calls) by first wrong byte 0/128/255: {medians:?}, ratio {ratio:.3}");
+        assert!(
+            ratio < 1.25,
+            "refusal time depends on the matching prefix: {medians:?}"
+        );
+    }
+
     #[test]
     fn admits_exactly_the_configured_keys() {
         let keys = ApiKeys::new(&[
