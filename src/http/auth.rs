@@ -65,7 +65,7 @@ mod tests {
         use std::time::Instant;
 
         let key = "k".repeat(256);
-        let keys = ApiKeys::new(&[key.clone()]);
+        let keys = ApiKeys::new(std::slice::from_ref(&key));
         let wrong_at = |i: usize| {
             let mut bytes = key.clone().into_bytes();
             bytes[i] = b'x';
