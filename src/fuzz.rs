@@ -8,6 +8,13 @@ use serde_json::Value;
 use crate::domain::{Cursor, EventId, EventType, JsonObject, Language, Order, SessionId};
 use crate::http::fuzzing::{parse_append_body, parse_create_body, parse_json_value};
 
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
 /// Arbitrary JSON, nested up to a few levels, with keys drawn to hit the key rules.
 fn json_value() -> impl Strategy<Value = Value> {
     let key = prop_oneof![
@@ -37,7 +44,8 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // PROPTEST_CASES raises it (scripts/reliability.sh runs 20,000).
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn cursor_decoding_never_panics(token in ".{0,300}", scope in any::<u64>()) {

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{from_value, ApiJson, ApiPath, QueryParams};
-use super::openapi::ErrorEnvelope;
+use super::openapi::{ErrorEnvelope, StreamMessage};
 use super::sessions::SortOrder;
 use super::written;
 use crate::app::AppState;
@@ -73,11 +73,11 @@ pub(super) struct EventListParams {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct AppendEventBody {
     /// 1-128 ASCII letters, digits and `-_.:@`; unique within the session.
-    #[schema(example = "evt-001")]
+    #[schema(example = "evt-001", pattern = r"^[A-Za-z0-9_.:@-]{1,128}$")]
     event_id: String,
     /// `^[A-Za-z][A-Za-z0-9_.:-]{0,63}$`, e.g. `user_speech`, `bot_speech`, `system`.
     #[serde(rename = "type")]
-    #[schema(example = "TRANSCRIPT")]
+    #[schema(example = "TRANSCRIPT", pattern = r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")]
     event_type: String,
     /// A JSON object of at most 64 KiB; keys never start with `$` nor hold `.`.
     #[schema(value_type = Option<Object>)]
@@ -317,7 +317,7 @@ fn resume_after(headers: &HeaderMap, query: &mut QueryParams) -> Result<i64, Api
     ),
     responses(
         (status = 200, description = "The event stream (or, for a JSON request, the event `stream`)",
-            content((String = "text/event-stream"), (Event = "application/json"))),
+            content((StreamMessage = "text/event-stream"), (Event = "application/json"))),
     ))]
 async fn stream(
     State(state): State<AppState>,

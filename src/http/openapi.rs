@@ -13,6 +13,7 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::sessions::SortOrder;
 use crate::app::AppState;
 
 /// The parts of the document not tied to one handler.
@@ -29,7 +30,7 @@ use crate::app::AppState;
         (name = "live", description = "Live tail over Server-Sent Events"),
         (name = "operations", description = "Health, readiness, metrics and this description"),
     ),
-    components(schemas(ErrorEnvelope, ErrorObject)),
+    components(schemas(ErrorEnvelope, ErrorObject, SortOrder, StreamMessage)),
 )]
 struct ApiDoc;
 
@@ -50,6 +51,18 @@ struct ErrorObject {
     details: Option<serde_json::Value>,
     /// Equals the response's `x-request-id` header.
     request_id: String,
+}
+
+/// One Server-Sent Events message of a live stream.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct StreamMessage {
+    /// The event's seq; absent on `session.closed`.
+    id: Option<String>,
+    /// The event's type, or `session.closed`.
+    event: String,
+    /// The event as JSON, or for `session.closed` the session as it ended.
+    data: String,
 }
 
 /// The rendered document, shared by the route that serves it.

@@ -55,6 +55,15 @@ struct SessionListParams {
     started_before: Option<String>,
 }
 
+/// The statuses a session can be created with.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum OpenStatus {
+    Initiated,
+    Active,
+}
+
 /// A listing's direction.
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
@@ -68,14 +77,16 @@ pub(super) enum SortOrder {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateSessionBody {
     /// 1-128 ASCII letters, digits and `-_.:@`.
-    #[schema(example = "abc123")]
+    #[schema(example = "abc123", pattern = r"^[A-Za-z0-9_.:@-]{1,128}$")]
     session_id: String,
     /// BCP-47 tag such as `en-US`.
+    #[schema(pattern = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$", max_length = 64)]
     language: Option<String>,
     /// A JSON object of at most 16 KiB; keys never start with `$` nor hold `.`.
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
     /// `initiated` (default) or `active`.
+    #[schema(value_type = Option<OpenStatus>)]
     status: Option<String>,
     /// RFC 3339; default: now.
     #[schema(format = DateTime)]
