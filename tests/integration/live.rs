@@ -373,3 +373,61 @@ mod cross_instance {
         }
     }
 }
+
+mod standalone {
+    mod mongo {
+        use super::super::*;
+        use crate::outage::OwnServer;
+
+        /// On a standalone server, which offers no change streams, streams poll the store:
+        /// an event posted through another instance still arrives within a second.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn without_change_streams_delivery_across_instances_polls() {
+            let server = OwnServer::start_with(&["--standalone"]);
+            let config = conversation_sessions::store::mongo::MongoConfig {
+                db_name: Some("standalone".to_owned()),
+                // A standalone server has no replica set, so no majority to wait for.
+                write_acknowledgment:
+                    conversation_sessions::store::mongo::WriteAcknowledgment::Nodes(1),
+                retry_writes: false,
+                ..conversation_sessions::store::mongo::MongoConfig::new(server.uri.clone())
+            };
+            let a = spawn_app_with(Backend::Mongo, |c| c.mongo = Some(config.clone())).await;
+            let b = spawn_app_with(Backend::Mongo, |c| c.mongo = Some(config.clone())).await;
+            a.create_session("s").await;
+            let mut stream = SseStream::open(&a, "/sessions/s/events/stream", None).await;
+            for i in 0..3 {
+                let posted_at = Instant::now();
+                let event = b
+                    .append("s", json!({"eventId": format!("e{i}"), "type": "system"}))
+                    .await;
+                let message = stream.next(SOON).await.expect("delivered by polling");
+                assert_eq!(message.data, event);
+                assert!(
+                    posted_at.elapsed() < Duration::from_secs(1),
+                    "took {:?}",
+                    posted_at.elapsed()
+                );
+            }
+            let metrics = a
+                .client
+                .get(a.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                metrics.contains("live_change_streams_active 0"),
+                "{metrics}"
+            );
+            b.complete("s").await;
+            let end = stream
+                .next(SOON)
+                .await
+                .expect("the close arrives by polling too");
+            assert_eq!(end.event, "session.closed");
+        }
+    }
+}

@@ -16,32 +16,40 @@ pub(crate) struct OwnServer {
     dir: std::path::PathBuf,
     port: u16,
     pub(crate) uri: String,
+    extra: Vec<&'static str>,
 }
 
 impl OwnServer {
     pub(crate) fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra server flags, e.g. `--standalone`.
+    pub(crate) fn start_with(extra: &[&'static str]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let dir = std::env::temp_dir().join(format!("outage-{}", uuid::Uuid::new_v4().simple()));
-        let child = Self::spawn(port, &dir);
+        let child = Self::spawn(port, &dir, extra);
         Self {
             child,
             dir,
             port,
             uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+            extra: extra.to_vec(),
         }
     }
 
     /// Starts the server again on the same port and data, as after a crash.
     pub(crate) fn restart(&mut self) {
-        self.child = Self::spawn(self.port, &self.dir);
+        self.child = Self::spawn(self.port, &self.dir, &self.extra);
     }
 
-    fn spawn(port: u16, dir: &std::path::Path) -> Child {
+    fn spawn(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
         let child = Command::new("secantusd-rs")
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(extra)
             .arg("--storage-path")
             .arg(dir)
             .stdout(Stdio::null())
