@@ -189,3 +189,40 @@ async fn sigterm_ends_live_streams_and_exits_cleanly() {
     assert!(status.success(), "{status}");
     service.wait_for(|l| l["fields"]["message"] == "stopped");
 }
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut service = Service::start(&[]);
+    let address = service.address.trim_start_matches("http://").to_owned();
+    let body = r#"{"sessionId":"in-flight"}"#;
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // Half the body now: the request is in flight when the signal comes.
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    service.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(&address).await.is_err(),
+        "a new connection was accepted after SIGTERM"
+    );
+    stream.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("HTTP/1.1 201"),
+        "the in-flight request did not finish: {reply}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
