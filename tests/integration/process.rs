@@ -226,3 +226,44 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A server fault answers an opaque 500 and logs its whole cause chain, once.
+#[tokio::test]
+async fn a_server_error_logs_its_cause_chain_once_and_tells_the_client_nothing() {
+    let db_name = format!("corrupt_{}", uuid::Uuid::new_v4().simple());
+    let uri = crate::helpers::mongo_uri();
+    let service = Service::start(&[("DB_URI", uri.as_str()), ("DB_NAME", db_name.as_str())]);
+    // A session document no version of the service writes: its status is unknown.
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    client
+        .database(&db_name)
+        .collection::<mongodb::bson::Document>("sessions")
+        .insert_one(mongodb::bson::doc! {"_id": "broken", "status": "exploded"})
+        .await
+        .unwrap();
+    let response = reqwest::get(format!("{}/sessions/broken", service.address))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal");
+    assert_eq!(body["error"]["message"], "internal error");
+    assert!(
+        !body.to_string().contains("exploded"),
+        "driver text reached the client: {body}"
+    );
+    let failure = service.wait_for(|l| l["fields"]["message"] == "request failed");
+    assert_eq!(failure["level"], "ERROR");
+    assert_eq!(failure["span"]["request_id"], request_id.as_str());
+    let chain = failure["fields"]["error"].as_str().unwrap();
+    assert!(chain.contains(": "), "the cause chain is logged: {chain}");
+    // Then the request's own line, and no second error line for it.
+    let served = service.wait_for(|l| l["span"]["request_id"] == request_id.as_str());
+    assert_eq!(served["fields"]["message"], "served");
+    assert_eq!(served["fields"]["status"], 500);
+    service.signal("TERM");
+}
