@@ -34,6 +34,12 @@ impl EventType {
         }
     }
 
+    /// Wraps a type read back from a store, which was checked when it was written, under
+    /// the rules of its day.
+    pub fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

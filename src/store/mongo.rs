@@ -519,7 +519,7 @@ impl EventDoc {
         Ok(Event {
             session_id: SessionId::parse(self.session_id).map_err(corrupt)?,
             event_id: EventId::parse(self.event_id).map_err(corrupt)?,
-            event_type: EventType::parse(self.event_type).map_err(corrupt)?,
+            event_type: EventType::from_stored(self.event_type),
             payload: JsonObject::from_stored(document_to_object(self.payload)),
             timestamp: time_of(self.timestamp),
             seq: self.seq,

@@ -370,6 +370,15 @@ mod cross_instance {
                 .await
                 .expect("the close crosses instances too");
             assert_eq!((end.event.as_str(), &end.data), ("session.closed", &closed));
+            // So does an erasure: the stream on A ends.
+            a.create_session("y").await;
+            let mut erased = SseStream::open(&a, "/sessions/y/events/stream", None).await;
+            let deleted = b.client.delete(b.url("/sessions/y")).send().await.unwrap();
+            assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+            assert!(
+                erased.ended(SOON).await,
+                "the erasure did not reach instance A"
+            );
         }
     }
 }

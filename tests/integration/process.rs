@@ -32,6 +32,12 @@ fn help_lists_every_setting_with_its_environment_variable() {
         ("--shutdown-grace-secs", "SHUTDOWN_GRACE_SECS"),
         ("--sse-heartbeat-secs", "SSE_HEARTBEAT_SECS"),
         ("--sse-max-streams", "SSE_MAX_STREAMS"),
+        ("--db-write-concern", "DB_WRITE_CONCERN"),
+        ("--db-journal", "DB_JOURNAL"),
+        ("--db-retry-writes", "DB_RETRY_WRITES"),
+        ("--header-read-timeout-secs", "HEADER_READ_TIMEOUT_SECS"),
+        ("--body-read-timeout-secs", "BODY_READ_TIMEOUT_SECS"),
+        ("--max-connections", "MAX_CONNECTIONS"),
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
         assert!(
