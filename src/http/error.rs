@@ -20,8 +20,6 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
-    #[error("{0}")]
-    InvalidCursor(String),
     #[error("no route matches this path")]
     NotFound,
     #[error("a valid API key is required: send Authorization: Bearer <key>")]
@@ -72,9 +70,7 @@ impl ApiError {
                 "payload_too_large",
                 Some(json!({ "limitBytes": limit })),
             ),
-            Self::InvalidCursor(_) | Self::Service(S::InvalidCursor(_)) => {
-                (StatusCode::BAD_REQUEST, "invalid_cursor", None)
-            }
+            Self::Service(S::InvalidCursor(_)) => (StatusCode::BAD_REQUEST, "invalid_cursor", None),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", None),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),

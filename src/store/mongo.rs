@@ -400,18 +400,10 @@ impl MongoStore {
         session: &SessionId,
         query: &EventPageQuery,
     ) -> Result<Document, StoreError> {
-        let direction = match query.order {
-            Order::Asc => 1,
-            Order::Desc => -1,
-        };
-        let sort = match query.start {
-            PageStart::AfterSeq(_) => doc! {"seq": 1},
-            _ => doc! {"timestamp": direction, "seq": direction},
-        };
         let mut find = doc! {
             "find": self.events.name(),
             "filter": page_filter(session, query),
-            "sort": sort,
+            "sort": page_sort(query),
             "projection": {"_id": 0},
             "limit": i64::try_from(query.limit).unwrap_or(i64::MAX),
         };
@@ -771,19 +763,11 @@ impl EventRepository for MongoStore {
         session: &SessionId,
         query: &EventPageQuery,
     ) -> Result<Vec<Event>, StoreError> {
-        let direction = match query.order {
-            Order::Asc => 1,
-            Order::Desc => -1,
-        };
-        let sort = match query.start {
-            PageStart::AfterSeq(_) => doc! {"seq": 1},
-            _ => doc! {"timestamp": direction, "seq": direction},
-        };
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
         let mut find = self
             .events
             .find(page_filter(session, query))
-            .sort(sort)
+            .sort(page_sort(query))
             .projection(doc! {"_id": 0})
             .limit(limit)
             // One batch holds the whole page, so a page costs one round trip.
@@ -799,6 +783,18 @@ impl EventRepository for MongoStore {
             .await
             .map_err(classify)?;
         docs.into_iter().map(EventDoc::into_event).collect()
+    }
+}
+
+/// A page's order: by seq after `afterSeq`, else by (timestamp, seq) in its direction.
+fn page_sort(query: &EventPageQuery) -> Document {
+    let direction = match query.order {
+        Order::Asc => 1,
+        Order::Desc => -1,
+    };
+    match query.start {
+        PageStart::AfterSeq(_) => doc! {"seq": 1},
+        _ => doc! {"timestamp": direction, "seq": direction},
     }
 }
 

@@ -147,18 +147,19 @@ impl TestApp {
         .await
     }
 
-    /// Follows `nextCursor` from the first page until it is null.
-    pub async fn walk(&self, session: &str, query: &str) -> Vec<Value> {
-        let mut events = Vec::new();
+    /// Follows `nextCursor` over any listing from its first page until it is null;
+    /// `path` already holds its query string.
+    pub async fn walk_listing(&self, path: &str) -> Vec<Value> {
+        let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let path = match &cursor {
-                None => format!("/sessions/{session}/events?{query}"),
-                Some(c) => format!("/sessions/{session}/events?{query}&cursor={c}"),
+            let url = match &cursor {
+                None => path.to_owned(),
+                Some(c) => format!("{path}&cursor={c}"),
             };
-            let (status, body) = self.get(&path).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            events.extend(
+            let (status, body) = self.get(&url).await;
+            assert_eq!(status, StatusCode::OK, "{url}: {body}");
+            items.extend(
                 body["data"]
                     .as_array()
                     .expect("data is an array")
@@ -171,29 +172,22 @@ impl TestApp {
             );
             match body["nextCursor"].as_str() {
                 Some(next) => cursor = Some(next.to_owned()),
-                None => return events,
+                None => return items,
             }
         }
+    }
+
+    /// Every event of a session by (timestamp, seq), through the cursors.
+    pub async fn walk(&self, session: &str, query: &str) -> Vec<Value> {
+        self.walk_listing(&format!("/sessions/{session}/events?{query}"))
+            .await
     }
 }
 
 /// Every event of a session in seq order, through `afterSeq` and its cursors.
 pub async fn walk_seq(app: &TestApp, session: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/sessions/{session}/events?afterSeq=0&limit=1000&cursor={c}"),
-            None => format!("/sessions/{session}/events?afterSeq=0&limit=1000"),
-        };
-        let (status, page) = app.get(&path).await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        events.extend(page["data"].as_array().unwrap().iter().cloned());
-        match page["nextCursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return events,
-        }
-    }
+    app.walk_listing(&format!("/sessions/{session}/events?afterSeq=0&limit=1000"))
+        .await
 }
 
 /// Asserts the error envelope and returns its `details`.

@@ -12,23 +12,8 @@ on_both_stores!(
     event_cursors_are_bound_to_their_filters,
 );
 
-/// Follows `nextCursor` over any listing; `path` already holds its query string.
 async fn walk(app: &TestApp, path: &str) -> Vec<Value> {
-    let mut items = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let url = match &cursor {
-            None => path.to_owned(),
-            Some(c) => format!("{path}&cursor={c}"),
-        };
-        let (status, body) = app.get(&url).await;
-        assert_eq!(status, StatusCode::OK, "{url}: {body}");
-        items.extend(body["data"].as_array().unwrap().iter().cloned());
-        match body["nextCursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => return items,
-        }
-    }
+    app.walk_listing(path).await
 }
 
 fn ids(items: &[Value], key: &str) -> Vec<String> {
