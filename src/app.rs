@@ -117,7 +117,7 @@ impl Application {
         let (stop, stopping) = watch::channel(false);
         let (state, mongo) = match &config.mongo {
             Some(mongo_config) => {
-                let observed = Some(Arc::clone(&metrics));
+                let observed = mongo_config.command_metrics.then(|| Arc::clone(&metrics));
                 let store = Arc::new(MongoStore::connect_observed(mongo_config, observed).await?);
                 store.apply_retention(config.retention).await?;
                 tracing::info!("using MongoDB");

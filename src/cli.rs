@@ -38,6 +38,9 @@ pub struct Cli {
     /// Whether the driver retries a failed write once (default true).
     #[arg(long, env = "DB_RETRY_WRITES", value_name = "BOOL")]
     db_retry_writes: Option<String>,
+    /// Whether every command sent to the database is counted in `/metrics` (default true).
+    #[arg(long, env = "DB_COMMAND_METRICS", value_name = "BOOL")]
+    db_command_metrics: Option<String>,
     /// Largest request body in bytes.
     #[arg(
         long,
@@ -128,6 +131,7 @@ impl Cli {
             ("DB_WRITE_CONCERN", self.db_write_concern),
             ("DB_JOURNAL", self.db_journal),
             ("DB_RETRY_WRITES", self.db_retry_writes),
+            ("DB_COMMAND_METRICS", self.db_command_metrics),
             ("BODY_LIMIT_BYTES", Some(self.body_limit_bytes)),
             ("LOG_FORMAT", Some(self.log_format)),
             ("API_KEYS", self.api_keys),

@@ -58,6 +58,9 @@ pub struct MongoConfig {
     pub journal: bool,
     /// Whether the driver retries a write once after a network error or an election.
     pub retry_writes: bool,
+    /// Whether the driver's command monitoring counts every command in the metrics. It
+    /// turns each command and reply into a document once more, which costs CPU.
+    pub command_metrics: bool,
 }
 
 /// The `w` of the write concern.
@@ -80,6 +83,7 @@ impl MongoConfig {
             write_acknowledgment: WriteAcknowledgment::Majority,
             journal: true,
             retry_writes: true,
+            command_metrics: true,
         }
     }
 }

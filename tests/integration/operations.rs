@@ -339,5 +339,21 @@ mod round_trips {
                 );
             }
         }
+
+        /// `DB_COMMAND_METRICS=false` turns the command monitoring off: no command is counted.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn commands_are_not_counted_when_command_metrics_are_off() {
+            let app = spawn_app_with(Backend::Mongo, |c| {
+                if let Some(mongo) = c.mongo.as_mut() {
+                    mongo.command_metrics = false;
+                }
+            })
+            .await;
+            let (status, _) = app.post("/sessions", &json!({"sessionId": "quiet"})).await;
+            assert_eq!(status, StatusCode::CREATED);
+            let text = app.get_raw("/metrics").await.text().await.unwrap();
+            assert!(text.contains("http_requests_total"), "{text}");
+            assert!(!text.contains("store_commands_total"), "{text}");
+        }
     }
 }
