@@ -1,8 +1,8 @@
 //! Baselines and probes for `bench/run.py`; not part of the service.
 //!
-//! - `append URI DB CONNECTIONS SECONDS`: the raw driver doing exactly the database work of
-//!   the service's append: one `findOneAndUpdate` of the session, one `insert` of the event,
-//!   with the same documents.
+//! - `append|replay|create|page URI DB CONNECTIONS SECONDS MAX_TIME_MS`: the raw driver doing
+//!   exactly the database work of the service's append, replay, create or first page, with
+//!   the same documents and the same `maxTimeMS`.
 //! - `insert-many URI DB CONNECTIONS SECONDS`: raw `insert_many` of 100 events per call.
 //! - `echo PORT`: a minimal axum server that parses and returns a JSON body.
 //! - `tail URL STREAMS SECONDS RATE`: opens STREAMS live streams on one session, posts RATE
@@ -10,13 +10,17 @@
 //!
 //! Each measuring mode prints one JSON line of results.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conversation_sessions::store::mongo::{MongoConfig, MongoStore};
-use mongodb::bson::{doc, DateTime, Document};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::ReturnDocument;
+use mongodb::Collection;
 use serde_json::{json, Value};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -27,11 +31,14 @@ async fn main() -> Result<()> {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let num = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
     match arg(0).as_str() {
-        "append" => append(&arg(1), &arg(2), num(3), num(4)).await,
+        "append" => append(&arg(1), &arg(2), num(3), num(4), num(5)).await,
+        "replay" => replay(&arg(1), &arg(2), num(3), num(4), num(5)).await,
+        "create" => create(&arg(1), &arg(2), num(3), num(4), num(5)).await,
+        "page" => page(&arg(1), &arg(2), num(3), num(4), num(5)).await,
         "insert-many" => insert_many(&arg(1), &arg(2), num(3), num(4)).await,
         "echo" => echo(num(1) as u16).await,
         "tail" => tail(&arg(1), num(2), num(3), num(4)).await,
-        _ => Err("usage: baseline append|insert-many|echo|tail ...".into()),
+        _ => Err("usage: baseline append|replay|create|page|insert-many|echo|tail ...".into()),
     }
 }
 
@@ -93,49 +100,35 @@ fn event_doc(session: &str, event_id: &str, seq: i64, now: DateTime, i: u64) -> 
     "timestamp": now, "seq": seq, "receivedAt": now}
 }
 
-async fn append(uri: &str, db: &str, connections: u64, seconds: u64) -> Result<()> {
-    let (sessions, events) = collections(uri, db).await?;
-    for s in 0..100 {
-        let now = DateTime::now();
-        sessions
-            .insert_one(doc! {"_id": format!("base-{s}"), "status": "initiated", "language": mongodb::bson::Bson::Null,
-                "metadata": {}, "startedAt": now, "updatedAt": now, "lastSeq": 0_i64, "createToken": "t"})
-            .await?;
-    }
+/// Runs `op(i)` for i = 0, 1, 2, ... from `connections` tasks for `seconds`, and reports
+/// its rate and latencies; `op` tells whether the operation succeeded.
+async fn drive<F, Fut>(
+    name: &str,
+    units_per_op: u64,
+    connections: u64,
+    seconds: u64,
+    op: F,
+) -> Result<()>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
     let counter = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
-            let (sessions, events, counter) = (sessions.clone(), events.clone(), Arc::clone(&counter));
+            let (op, counter) = (op.clone(), Arc::clone(&counter));
             tokio::spawn(async move {
                 let (mut micros, mut errors) = (Vec::new(), 0_u64);
                 while Instant::now() < deadline {
                     let i = counter.fetch_add(1, Ordering::Relaxed);
-                    let session = format!("base-{}", i % 100);
                     let t0 = Instant::now();
-                    let now = DateTime::now();
-                    let reserved = sessions
-                        .find_one_and_update(
-                            doc! {"_id": &session, "status": {"$in": ["initiated", "active"]}},
-                            doc! {"$inc": {"lastSeq": 1_i64}, "$set": {"status": "active"}, "$max": {"updatedAt": now}},
-                        )
-                        .return_document(ReturnDocument::After)
-                        .projection(doc! {"_id": 0, "lastSeq": 1, "updatedAt": 1})
-                        .await;
-                    let seq = match reserved {
-                        Ok(Some(d)) => d.get_i64("lastSeq").unwrap_or(0),
-                        _ => {
-                            errors += 1;
-                            continue;
-                        }
-                    };
-                    let inserted = events.insert_one(event_doc(&session, &format!("e{i}"), seq, now, i)).await;
-                    if inserted.is_err() {
+                    if op(i).await {
+                        micros.push(t0.elapsed().as_micros() as u32);
+                    } else {
                         errors += 1;
-                        continue;
                     }
-                    micros.push(t0.elapsed().as_micros() as u32);
                 }
                 (micros, errors)
             })
@@ -147,67 +140,205 @@ async fn append(uri: &str, db: &str, connections: u64, seconds: u64) -> Result<(
         all.extend(micros);
         errors += e;
     }
-    report(
-        "driver_append",
-        all.len() as u64,
-        1,
-        started.elapsed(),
-        all,
-        errors,
-    );
+    let ops = all.len() as u64;
+    report(name, ops, units_per_op, started.elapsed(), all, errors);
     Ok(())
 }
 
+/// Inserts open sessions `{prefix}0` .. `{prefix}{count - 1}`, as the service stores them.
+async fn open_sessions(sessions: &Collection<Document>, prefix: &str, count: u64) -> Result<()> {
+    for s in 0..count {
+        let now = DateTime::now();
+        sessions
+            .insert_one(doc! {"_id": format!("{prefix}{s}"), "status": "initiated", "language": Bson::Null,
+                "metadata": {}, "startedAt": now, "updatedAt": now, "lastSeq": 0_i64, "createToken": "t"})
+            .await?;
+    }
+    Ok(())
+}
+
+/// The service's seq reservation: `findOneAndUpdate` of the open session.
+async fn reserve(
+    sessions: &Collection<Document>,
+    session: &str,
+    now: DateTime,
+    max_time: Duration,
+) -> Option<i64> {
+    sessions
+        .find_one_and_update(
+            doc! {"_id": session, "status": {"$in": ["initiated", "active"]}},
+            doc! {"$inc": {"lastSeq": 1_i64}, "$set": {"status": "active"}, "$max": {"updatedAt": now}},
+        )
+        .return_document(ReturnDocument::After)
+        .projection(doc! {"_id": 0, "lastSeq": 1, "updatedAt": 1})
+        .max_time(max_time)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|d| d.get_i64("lastSeq").ok())
+}
+
+/// The raw driver doing exactly the database work of the service's append: one
+/// `findOneAndUpdate` of the session, one `insert` of the event, with the same documents.
+/// `max_time_ms` is the service's `DB_TIMEOUT_MS`, which it sends as `maxTimeMS`.
+async fn append(
+    uri: &str,
+    db: &str,
+    connections: u64,
+    seconds: u64,
+    max_time_ms: u64,
+) -> Result<()> {
+    let (sessions, events) = collections(uri, db).await?;
+    open_sessions(&sessions, "base-", 100).await?;
+    let max_time = Duration::from_millis(max_time_ms);
+    drive("driver_append", 1, connections, seconds, move |i| {
+        let (sessions, events) = (sessions.clone(), events.clone());
+        async move {
+            let session = format!("base-{}", i % 100);
+            let now = DateTime::now();
+            let Some(seq) = reserve(&sessions, &session, now, max_time).await else {
+                return false;
+            };
+            events
+                .insert_one(event_doc(&session, &format!("e{i}"), seq, now, i))
+                .await
+                .is_ok()
+        }
+    })
+    .await
+}
+
+/// The service's replay: the reservation, the insert that the unique index refuses, and the
+/// read of the stored event.
+async fn replay(
+    uri: &str,
+    db: &str,
+    connections: u64,
+    seconds: u64,
+    max_time_ms: u64,
+) -> Result<()> {
+    let (sessions, events) = collections(uri, db).await?;
+    open_sessions(&sessions, "replay-", 1).await?;
+    events
+        .insert_one(event_doc("replay-0", "replayed", 1, DateTime::now(), 0))
+        .await?;
+    let max_time = Duration::from_millis(max_time_ms);
+    drive("driver_replay", 1, connections, seconds, move |_| {
+        let (sessions, events) = (sessions.clone(), events.clone());
+        async move {
+            let now = DateTime::now();
+            let Some(seq) = reserve(&sessions, "replay-0", now, max_time).await else {
+                return false;
+            };
+            let refused = events
+                .insert_one(event_doc("replay-0", "replayed", seq, now, 0))
+                .await;
+            let duplicate = matches!(&refused, Err(e) if matches!(*e.kind,
+                ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == 11000));
+            let stored = events
+                .find_one(doc! {"sessionId": "replay-0", "eventId": "replayed"})
+                .projection(doc! {"_id": 0})
+                .max_time(max_time)
+                .await;
+            duplicate && matches!(stored, Ok(Some(_)))
+        }
+    })
+    .await
+}
+
+/// The service's create: one upsert of the session by its id, returning the document.
+async fn create(
+    uri: &str,
+    db: &str,
+    connections: u64,
+    seconds: u64,
+    max_time_ms: u64,
+) -> Result<()> {
+    let (sessions, _) = collections(uri, db).await?;
+    let max_time = Duration::from_millis(max_time_ms);
+    drive("driver_create", 1, connections, seconds, move |i| {
+        let sessions = sessions.clone();
+        async move {
+            let now = DateTime::now();
+            sessions
+                .find_one_and_update(
+                    doc! {"_id": format!("c-{i}")},
+                    doc! {"$setOnInsert": {"status": "initiated", "language": "en-US",
+                        "metadata": {"caller": "+15550100", "campaign": "renewals"},
+                        "startedAt": now, "updatedAt": now, "lastSeq": 0_i64, "createToken": format!("t{i}")}},
+                )
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .max_time(max_time)
+                .await
+                .is_ok_and(|d| d.is_some())
+        }
+    })
+    .await
+}
+
+/// The service's first page of 50 from a 1,000-event session: one `find` sorted by the
+/// session's timeline index, 51 documents in the first batch.
+async fn page(uri: &str, db: &str, connections: u64, seconds: u64, max_time_ms: u64) -> Result<()> {
+    let (_, events) = collections(uri, db).await?;
+    let now = DateTime::now();
+    let docs: Vec<Document> = (0..1000)
+        .map(|i| event_doc("page-0", &format!("f{i}"), i as i64 + 1, now, i))
+        .collect();
+    events.insert_many(docs).await?;
+    let max_time = Duration::from_millis(max_time_ms);
+    drive("driver_page", 1, connections, seconds, move |_| {
+        let events = events.clone();
+        async move {
+            let found = events
+                .find(doc! {"sessionId": "page-0"})
+                .sort(doc! {"timestamp": 1, "seq": 1})
+                .projection(doc! {"_id": 0})
+                .limit(51)
+                .batch_size(51)
+                .max_time(max_time)
+                .await;
+            match found {
+                Ok(cursor) => cursor
+                    .try_collect::<Vec<Document>>()
+                    .await
+                    .is_ok_and(|d| d.len() == 51),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+}
+
+/// Raw `insert_many` of 100 events per call.
 async fn insert_many(uri: &str, db: &str, connections: u64, seconds: u64) -> Result<()> {
     let (_, events) = collections(uri, db).await?;
-    let counter = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let (events, counter) = (events.clone(), Arc::clone(&counter));
-            tokio::spawn(async move {
-                let (mut micros, mut errors) = (Vec::new(), 0_u64);
-                while Instant::now() < deadline {
-                    let batch = counter.fetch_add(1, Ordering::Relaxed);
-                    let now = DateTime::now();
-                    let docs: Vec<Document> = (0..100)
-                        .map(|k| {
-                            let i = batch * 100 + k;
-                            event_doc(
-                                &format!("many-{}", batch % 100),
-                                &format!("e{i}"),
-                                i as i64 + 1,
-                                now,
-                                i,
-                            )
-                        })
-                        .collect();
-                    let t0 = Instant::now();
-                    match events.insert_many(docs).await {
-                        Ok(_) => micros.push(t0.elapsed().as_micros() as u32),
-                        Err(_) => errors += 1,
-                    }
-                }
-                (micros, errors)
-            })
-        })
-        .collect();
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for task in tasks {
-        let (micros, e) = task.await?;
-        all.extend(micros);
-        errors += e;
-    }
-    report(
+    drive(
         "driver_insert_many_100",
-        all.len() as u64,
         100,
-        started.elapsed(),
-        all,
-        errors,
-    );
-    Ok(())
+        connections,
+        seconds,
+        move |batch| {
+            let events = events.clone();
+            async move {
+                let now = DateTime::now();
+                let docs: Vec<Document> = (0..100)
+                    .map(|k| {
+                        let i = batch * 100 + k;
+                        event_doc(
+                            &format!("many-{}", batch % 100),
+                            &format!("e{i}"),
+                            i as i64 + 1,
+                            now,
+                            i,
+                        )
+                    })
+                    .collect();
+                events.insert_many(docs).await.is_ok()
+            }
+        },
+    )
+    .await
 }
 
 async fn echo(port: u16) -> Result<()> {
