@@ -1,9 +1,11 @@
 //! Prometheus metrics, kept per application instance (no global recorder), rendered at
 //! `GET /metrics`.
 
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::Duration;
 
-use metrics::{Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -40,6 +42,17 @@ impl EventOutcome {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The request series' handles by route template, so that a request finds its counter
+    /// without building label sets: routes are few, and so are their methods and statuses.
+    requests: RwLock<HashMap<Box<str>, Vec<RequestSeries>>>,
+}
+
+/// The series of one (route, method, status).
+struct RequestSeries {
+    method: Box<str>,
+    status: u16,
+    count: Counter,
+    latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -49,7 +62,11 @@ impl Default for Metrics {
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
-        Self { recorder, handle }
+        Self {
+            recorder,
+            handle,
+            requests: RwLock::default(),
+        }
     }
 }
 
@@ -61,34 +78,74 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
     Key::from_parts(name, labels)
 }
 
+/// A key whose labels are all known at compile time: nothing to copy.
+fn static_key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::from_static_parts(k, v))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
 impl Metrics {
     /// One served HTTP request, by route template (never the raw path).
     pub fn request(&self, method: &str, route: &str, status: u16, latency: Duration) {
-        let status = status.to_string();
-        self.recorder
-            .register_counter(
-                &key(
-                    "http_requests_total",
-                    &[("method", method), ("route", route), ("status", &status)],
-                ),
-                &METADATA,
-            )
-            .increment(1);
-        self.recorder
-            .register_histogram(
-                &key(
-                    "http_request_duration_seconds",
-                    &[("method", method), ("route", route)],
-                ),
-                &METADATA,
-            )
-            .record(latency.as_secs_f64());
+        let seconds = latency.as_secs_f64();
+        let find = |series: &[RequestSeries]| {
+            series
+                .iter()
+                .find(|s| s.status == status && &*s.method == method)
+                .map(|s| (s.count.clone(), s.latency.clone()))
+        };
+        let known = self
+            .requests
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(route)
+            .and_then(|series| find(series));
+        let (count, latency) = known.unwrap_or_else(|| {
+            let mut requests = self
+                .requests
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let series = requests.entry(route.into()).or_default();
+            find(series).unwrap_or_else(|| {
+                let status_label = status.to_string();
+                let made = RequestSeries {
+                    method: method.into(),
+                    status,
+                    count: self.recorder.register_counter(
+                        &key(
+                            "http_requests_total",
+                            &[
+                                ("method", method),
+                                ("route", route),
+                                ("status", &status_label),
+                            ],
+                        ),
+                        &METADATA,
+                    ),
+                    latency: self.recorder.register_histogram(
+                        &key(
+                            "http_request_duration_seconds",
+                            &[("method", method), ("route", route)],
+                        ),
+                        &METADATA,
+                    ),
+                };
+                let handles = (made.count.clone(), made.latency.clone());
+                series.push(made);
+                handles
+            })
+        });
+        count.increment(1);
+        latency.record(seconds);
     }
 
     pub fn events(&self, outcome: EventOutcome, count: u64) {
         self.recorder
             .register_counter(
-                &key("events_total", &[("outcome", outcome.label())]),
+                &static_key("events_total", &[("outcome", outcome.label())]),
                 &METADATA,
             )
             .increment(count);
@@ -99,7 +156,7 @@ impl Metrics {
         let result = if ok { "ok" } else { "error" };
         self.recorder
             .register_histogram(
-                &key(
+                &static_key(
                     "store_operation_duration_seconds",
                     &[("operation", operation), ("result", result)],
                 ),

@@ -32,6 +32,9 @@ use crate::app::AppState;
 use crate::metrics::Metrics;
 use crate::service::Written;
 
+/// The route label of a request that matched no route.
+const UNMATCHED: &str = "unmatched";
+
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Entry points for the property tests: the parsing a request body goes through, from
@@ -110,7 +113,7 @@ fn request_span(req: &Request) -> Span {
 fn route_of(req: &Request) -> &str {
     req.extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
+        .map_or(UNMATCHED, MatchedPath::as_str)
 }
 
 /// The path segment that the route template names `{session_id}`.
@@ -131,7 +134,8 @@ async fn request_context(
 ) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let route = route_of(&req).to_owned();
+    // The template lives behind an `Arc`: a clone copies no text.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
     let id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -152,7 +156,8 @@ async fn request_context(
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
-    metrics.request(method.as_str(), &route, status.as_u16(), started.elapsed());
+    let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    metrics.request(method.as_str(), route, status.as_u16(), started.elapsed());
     res
 }
 

@@ -80,7 +80,6 @@ impl EventService {
     ///
     /// New events cost two store operations: reserve a seq on the open session, insert.
     /// The unique (sessionId, eventId) index decides between concurrent duplicates.
-    #[tracing::instrument(skip_all, fields(session_id = %session, event_id = %new.event_id))]
     pub async fn append(
         &self,
         session: &SessionId,
@@ -139,7 +138,6 @@ impl EventService {
     /// Appends many events with one reservation and one bulk insert. Each item is judged by
     /// the single-event rules; accepted items get seqs rising in request order. A missing or
     /// closed session fails the whole batch.
-    #[tracing::instrument(skip_all, fields(session_id = %session, items = items.len()))]
     pub async fn append_batch(
         &self,
         session: &SessionId,
@@ -220,7 +218,6 @@ impl EventService {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %session, event_id = %event))]
     pub async fn get(&self, session: &SessionId, event: &EventId) -> Result<Event, ServiceError> {
         if let Some(found) = self.events.get(session, event).await? {
             return Ok(found);
@@ -233,7 +230,6 @@ impl EventService {
 
     /// One page of the session's events by (timestamp, seq), or by seq after `afterSeq`.
     /// A non-empty page costs one store query; an empty one checks that the session exists.
-    #[tracing::instrument(skip_all, fields(session_id = %session))]
     pub async fn page(
         &self,
         session: &SessionId,

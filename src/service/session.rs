@@ -71,7 +71,6 @@ impl SessionService {
     }
 
     /// Creates the session, or recognises a retry of the create that made it.
-    #[tracing::instrument(skip_all, fields(session_id = %new.session_id))]
     pub async fn create(&self, new: NewSession) -> Result<Written<Session>, ServiceError> {
         let retry = new.clone();
         match self.sessions.create(new, Timestamp::now()).await? {
@@ -81,7 +80,6 @@ impl SessionService {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(session_id = %id))]
     pub async fn get(&self, id: &SessionId) -> Result<Session, ServiceError> {
         self.sessions
             .get(id)
@@ -90,7 +88,6 @@ impl SessionService {
     }
 
     /// One page of sessions, newest `startedAt` first unless asked otherwise.
-    #[tracing::instrument(skip_all)]
     pub async fn list(&self, request: &SessionListRequest) -> Result<Page<Session>, ServiceError> {
         let scope = request.scope();
         let after = request
@@ -124,7 +121,6 @@ impl SessionService {
     }
 
     /// Erases the session and all its events; afterwards the id is free again.
-    #[tracing::instrument(skip_all, fields(session_id = %id))]
     pub async fn erase(&self, id: &SessionId) -> Result<(), ServiceError> {
         // The session goes first, so that no new append can reserve a seq; then its events.
         let existed = self.sessions.delete(id).await?;
@@ -138,7 +134,6 @@ impl SessionService {
     }
 
     /// Ends the session once. Repeating the same close returns the session as it ended.
-    #[tracing::instrument(skip_all, fields(session_id = %id))]
     pub async fn complete(
         &self,
         id: &SessionId,
