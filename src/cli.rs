@@ -38,7 +38,7 @@ pub struct Cli {
     /// Whether the driver retries a failed write once (default true).
     #[arg(long, env = "DB_RETRY_WRITES", value_name = "BOOL")]
     db_retry_writes: Option<String>,
-    /// Whether every command sent to the database is counted in `/metrics` (default true).
+    /// Whether every command sent to the database is counted in `/metrics` (default false).
     #[arg(long, env = "DB_COMMAND_METRICS", value_name = "BOOL")]
     db_command_metrics: Option<String>,
     /// Largest request body in bytes.

@@ -89,7 +89,7 @@ impl Config {
                 },
                 journal: flag("DB_JOURNAL", get("DB_JOURNAL"), true)?,
                 retry_writes: flag("DB_RETRY_WRITES", get("DB_RETRY_WRITES"), true)?,
-                command_metrics: flag("DB_COMMAND_METRICS", get("DB_COMMAND_METRICS"), true)?,
+                command_metrics: flag("DB_COMMAND_METRICS", get("DB_COMMAND_METRICS"), false)?,
             }),
         };
         let log_format = match get("LOG_FORMAT").as_deref() {
@@ -271,19 +271,19 @@ mod tests {
         assert_eq!(mongo.timeout, Duration::from_millis(500));
         assert_eq!(mongo.db_name, None);
         assert_eq!(mongo.write_acknowledgment, WriteAcknowledgment::Majority);
-        assert!(mongo.journal && mongo.retry_writes && mongo.command_metrics);
+        assert!(mongo.journal && mongo.retry_writes && !mongo.command_metrics);
         let relaxed = config(&[
             ("DB_URI", "mongodb://db"),
             ("DB_WRITE_CONCERN", "1"),
             ("DB_JOURNAL", "false"),
             ("DB_RETRY_WRITES", "no"),
-            ("DB_COMMAND_METRICS", "false"),
+            ("DB_COMMAND_METRICS", "true"),
         ])
         .unwrap()
         .mongo
         .unwrap();
         assert_eq!(relaxed.write_acknowledgment, WriteAcknowledgment::Nodes(1));
-        assert!(!relaxed.journal && !relaxed.retry_writes && !relaxed.command_metrics);
+        assert!(!relaxed.journal && !relaxed.retry_writes && relaxed.command_metrics);
         assert!(config(&[("DB_URI", "mongodb://db"), ("DB_JOURNAL", "maybe")]).is_err());
         assert!(config(&[("DB_URI", "mongodb://db"), ("DB_WRITE_CONCERN", "0")]).is_err());
     }

@@ -307,7 +307,12 @@ mod round_trips {
         /// The database work per request, counted by the driver, not guessed.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn each_request_costs_the_fewest_round_trips() {
-            let app = spawn_app_with(Backend::Mongo, |_| {}).await;
+            let app = spawn_app_with(Backend::Mongo, |c| {
+                if let Some(mongo) = c.mongo.as_mut() {
+                    mongo.command_metrics = true;
+                }
+            })
+            .await;
             let session = json!({"sessionId": "rt"});
             let event = json!({"eventId": "e1", "type": "system", "payload": {"k": "v"}});
             let batch: Vec<serde_json::Value> = (0..100)
@@ -340,15 +345,10 @@ mod round_trips {
             }
         }
 
-        /// `DB_COMMAND_METRICS=false` turns the command monitoring off: no command is counted.
+        /// Without `DB_COMMAND_METRICS`, the command monitoring is off: no command is counted.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn commands_are_not_counted_when_command_metrics_are_off() {
-            let app = spawn_app_with(Backend::Mongo, |c| {
-                if let Some(mongo) = c.mongo.as_mut() {
-                    mongo.command_metrics = false;
-                }
-            })
-            .await;
+        async fn commands_are_not_counted_by_default() {
+            let app = spawn_app_with(Backend::Mongo, |_| {}).await;
             let (status, _) = app.post("/sessions", &json!({"sessionId": "quiet"})).await;
             assert_eq!(status, StatusCode::CREATED);
             let text = app.get_raw("/metrics").await.text().await.unwrap();
