@@ -42,7 +42,7 @@ tid = "0"
 local threads = 0
 function setup(thread)
   threads = threads + 1
-  thread:set("tid", tostring(math.random(100000, 999999)) .. "t" .. threads)
+  thread:set("tid", run_id .. "t" .. threads)
 end
 headers = {["Content-Type"] = "application/json"}
 function done(summary, latency, requests)
@@ -133,7 +133,7 @@ def http(method, url, body=None):
         return e.code, e.read()
 
 
-def round_trips(base):
+def commands_sent(base):
     """Commands the service sent to the database so far (driver command monitoring)."""
     _, text = http("GET", base + "/metrics")
     total = 0
@@ -145,13 +145,15 @@ def round_trips(base):
     return total
 
 
-def wrk(url, script, seconds):
+def wrk(url, script, seconds, connections=CONNECTIONS):
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_COMMON + script)
+        # Unique per wrk run: wrk's math.random is not seeded, so every run would repeat the
+        # previous run's ids, and its "new" events would be replays.
+        f.write(f'run_id = "{time.time_ns():x}"\n' + WRK_COMMON + script)
         path = f.name
     try:
         out = subprocess.run(
-            ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "30s", "-s", path, url],
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", path, url],
             check=True, capture_output=True, text=True,
         ).stdout
     finally:
@@ -216,16 +218,21 @@ end
 
 
 class Service:
-    def __init__(self, store, db_uri=None):
+    """The service on one store. On MongoDB, `db_name` lets two instances share a database,
+    and `env` adds settings."""
+
+    def __init__(self, store, db_uri=None, db_name=None, env=None):
         self.port = free_port()
-        env = {"PATH": os.environ["PATH"], "PORT": str(self.port), "LOG_FORMAT": "json", "RUST_LOG": "info"}
+        self.store = store
+        settings = {"PATH": os.environ["PATH"], "PORT": str(self.port), "LOG_FORMAT": "json", "RUST_LOG": "info"}
         if store == "mongo":
-            env.update(DB_URI=db_uri, DB_NAME=f"bench_{int(time.time() * 1000)}", DB_MAX_POOL_SIZE=str(POOL),
-                       DB_TIMEOUT_MS=str(DB_TIMEOUT_MS))
-        self.process = Process([os.path.join(RELEASE, "conversation-sessions")], env)
+            self.db_name = db_name or f"bench_{int(time.time() * 1000)}"
+            settings.update(DB_URI=db_uri, DB_NAME=self.db_name, DB_MAX_POOL_SIZE=str(POOL),
+                            DB_TIMEOUT_MS=str(DB_TIMEOUT_MS))
+        settings.update(env or {})
+        self.process = Process([os.path.join(RELEASE, "conversation-sessions")], settings)
         wait_port(self.port)
         self.base = f"http://127.0.0.1:{self.port}"
-        self.store = store
 
     def prepare_sessions(self, prefix, count=100):
         for i in range(count):
@@ -249,8 +256,14 @@ class Service:
             cursor, walked = page["nextCursor"], walked + step
         return cursor
 
+    def round_trips(self, url_path, script, seconds):
+        """Commands per request over a window of two connections, so that even slow
+        requests complete in it; needs `DB_COMMAND_METRICS=true`."""
+        before = commands_sent(self.base)
+        r = wrk(self.base + url_path, script, seconds, connections=2)
+        return (commands_sent(self.base) - before) / r["requests"] if r["requests"] else None
+
     def measure(self, name, url_path, script, seconds, events_per_request=1):
-        commands_before = round_trips(self.base) if self.store == "mongo" else None
         cpu_before = self.process.cpu_seconds()
         started = time.time()
         r = wrk(self.base + url_path, script, seconds)
@@ -260,8 +273,6 @@ class Service:
             cpu_cores=(self.process.cpu_seconds() - cpu_before) / wall,
             rss_mib=self.process.memory_kib("VmRSS") / 1024, peak_rss_mib=self.process.memory_kib("VmHWM") / 1024,
         )
-        if commands_before is not None and r["requests"]:
-            r["round_trips"] = (round_trips(self.base) - commands_before) / r["requests"]
         log(f"{self.store:6} {name:18} {r['rps']:10.0f} req/s  p99 {r['p99_us']/1000:7.2f} ms  errors {r['errors']}")
         return r
 
@@ -292,9 +303,12 @@ def bracketed(measure, baseline_window, baselines, name):
     return result
 
 
-def scenarios(service, seconds, page_sizes, baseline_uri=None, baselines=None):
+def scenarios(service, seconds, page_sizes, baseline_uri=None, baselines=None, counter=None):
     """The service's windows. With `baseline_uri`, each window that has a raw-driver baseline
-    is bracketed by two windows of it, which go into `baselines`."""
+    is bracketed by two windows of it, which go into `baselines`. With `counter`, which starts
+    a second instance on the same database that counts its commands (`DB_COMMAND_METRICS=true`,
+    which costs CPU), each scenario's round trips per request are counted there after the
+    measured window. It runs only then: its change stream would load the database too."""
     results = []
 
     def window(name, path, script, events_per_request=1, mode=None, *args):
@@ -306,6 +320,14 @@ def scenarios(service, seconds, page_sizes, baseline_uri=None, baselines=None):
                 baselines, f"driver_{mode.replace('-', '_')}"))
         else:
             results.append(measure())
+        if counter:
+            counting = counter()
+            try:
+                trips = counting.round_trips(path, script, max(5, seconds // 4))
+            finally:
+                counting.stop()
+            if trips is not None:
+                results[-1]["round_trips"] = trips
 
     service.prepare_sessions("ing-")
     service.prepare_sessions("bat-")
@@ -347,8 +369,10 @@ def main():
         # The service's write concern (majority, journaled) and pool, on the raw driver too.
         baseline_uri = f"{uri}&maxPoolSize={POOL}&w=majority&journal=true"
         service = Service("mongo", uri)
+        def counter():
+            return Service("mongo", uri, db_name=service.db_name, env={"DB_COMMAND_METRICS": "true"})
         try:
-            results += scenarios(service, seconds, page_sizes, baseline_uri, baselines)
+            results += scenarios(service, seconds, page_sizes, baseline_uri, baselines, counter)
             baselines["tail_mongo"] = baseline("tail", service.base, 200, min(seconds, 10), 100)
         finally:
             service.stop()
