@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -25,11 +26,22 @@ pub struct Changes {
 }
 
 /// Per-session wake-up channels, shared by every stream of this instance.
-#[derive(Default)]
 pub struct SessionFeed {
     channels: Mutex<HashMap<SessionId, watch::Sender<Changes>>>,
     /// Whether database change streams currently feed this instance (else it polls).
     change_streams: AtomicBool,
+    /// How many sessions have a listening stream here, for whoever follows the database.
+    watched: watch::Sender<usize>,
+}
+
+impl Default for SessionFeed {
+    fn default() -> Self {
+        Self {
+            channels: Mutex::default(),
+            change_streams: AtomicBool::default(),
+            watched: watch::Sender::new(0),
+        }
+    }
 }
 
 /// A stream's registration; dropping it frees the session's channel once nobody listens.
@@ -42,13 +54,15 @@ pub struct Subscription {
 impl SessionFeed {
     pub fn subscribe(self: &Arc<Self>, session: &SessionId) -> Subscription {
         let mut channels = self.lock();
-        let sender = channels
+        let receiver = channels
             .entry(session.clone())
-            .or_insert_with(|| watch::channel(Changes::default()).0);
+            .or_insert_with(|| watch::channel(Changes::default()).0)
+            .subscribe();
+        self.watched.send_replace(channels.len());
         Subscription {
             feed: Arc::clone(self),
             session: session.clone(),
-            receiver: Some(sender.subscribe()),
+            receiver: Some(receiver),
         }
     }
 
@@ -83,6 +97,26 @@ impl SessionFeed {
     /// Sessions with at least one listening stream on this instance.
     pub fn watched(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Resolves once a stream listens on this instance.
+    pub async fn until_watched(&self) {
+        let mut watched = self.watched.subscribe();
+        // The sender lives in `self`, so the wait cannot fail.
+        let _ = watched.wait_for(|sessions| *sessions > 0).await;
+    }
+
+    /// Resolves once no stream has listened on this instance for `linger`.
+    pub async fn until_unwatched_for(&self, linger: Duration) {
+        let mut watched = self.watched.subscribe();
+        loop {
+            let _ = watched.wait_for(|sessions| *sessions == 0).await;
+            tokio::select! {
+                () = tokio::time::sleep(linger) => return,
+                // A stream came (or came and went): look again.
+                _ = watched.changed() => {}
+            }
+        }
     }
 
     fn signal(&self, session: Option<&SessionId>, change: impl Fn(&mut Changes)) {
@@ -133,6 +167,7 @@ impl Drop for Subscription {
             .is_some_and(|sender| sender.receiver_count() == 0)
         {
             channels.remove(&self.session);
+            self.feed.watched.send_replace(channels.len());
         }
     }
 }
@@ -183,5 +218,28 @@ mod tests {
         drop(second);
         assert_eq!(feed.watched(), 0);
         feed.appended(&sid("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tells_when_streams_come_and_when_they_have_been_gone_for_a_while() {
+        let feed = Arc::new(SessionFeed::default());
+        let linger = std::time::Duration::from_secs(30);
+        let early = tokio::time::timeout(std::time::Duration::from_secs(60), feed.until_watched());
+        assert!(early.await.is_err(), "no stream listens yet");
+        let stream = feed.subscribe(&sid("a"));
+        feed.until_watched().await;
+        let idle = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            feed.until_unwatched_for(linger),
+        );
+        assert!(idle.await.is_err(), "a stream still listens");
+        drop(stream);
+        let started = tokio::time::Instant::now();
+        feed.until_unwatched_for(linger).await;
+        assert!(
+            started.elapsed() >= linger,
+            "left after {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -31,6 +31,9 @@ const DEFAULT_DB_NAME: &str = "conversation";
 const POLL_TICK: Duration = Duration::from_millis(500);
 /// How long to poll before trying to open change streams again.
 const CHANGE_STREAM_RETRY: Duration = Duration::from_secs(30);
+/// How long change streams stay open after the last live stream on this instance ended,
+/// so that a client reconnecting right away finds them open.
+const IDLE_LINGER: Duration = Duration::from_secs(30);
 const DUPLICATE_KEY: i32 = 11000;
 const INDEX_NOT_FOUND: i32 = 27;
 const INDEX_OPTIONS_CONFLICT: i32 = 85;
@@ -261,14 +264,26 @@ impl MongoStore {
     /// Uses change streams where the deployment has them (replica sets, sharded clusters,
     /// Atlas). Where it has not (a standalone mongod), or while a change stream cannot be
     /// opened, it wakes every stream on a short tick instead, so that they read the store.
+    ///
+    /// A change stream costs the database a message for every insert, so this follows only
+    /// while a live stream listens on this instance, and for `IDLE_LINGER` after the last.
     pub async fn follow_changes(
         self: Arc<Self>,
         feed: Arc<SessionFeed>,
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
+            tokio::select! {
+                () = feed.until_watched() => {}
+                () = stopped(&mut stop) => return,
+            }
             let followed = tokio::select! {
                 followed = self.follow_change_streams(&feed) => followed,
+                // Dropping the change streams closes their cursors.
+                () = feed.until_unwatched_for(IDLE_LINGER) => {
+                    feed.set_change_streams(false);
+                    continue;
+                }
                 () = stopped(&mut stop) => return,
             };
             feed.set_change_streams(false);
