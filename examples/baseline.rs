@@ -31,15 +31,36 @@ async fn main() -> Result<()> {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let num = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
     match arg(0).as_str() {
-        "append" => append(&arg(1), &arg(2), num(3), num(4), num(5)).await,
-        "replay" => replay(&arg(1), &arg(2), num(3), num(4), num(5)).await,
-        "create" => create(&arg(1), &arg(2), num(3), num(4), num(5)).await,
-        "page" => page(&arg(1), &arg(2), num(3), num(4), num(5)).await,
-        "insert-many" => insert_many(&arg(1), &arg(2), num(3), num(4)).await,
+        "append" | "replay" | "create" | "page" | "insert-many" => {
+            let load = Load {
+                uri: arg(1),
+                db: arg(2),
+                connections: num(3),
+                seconds: num(4),
+                max_time: Duration::from_millis(num(5)),
+            };
+            match arg(0).as_str() {
+                "append" => append(load).await,
+                "replay" => replay(load).await,
+                "create" => create(load).await,
+                "page" => page(load).await,
+                _ => insert_many(load).await,
+            }
+        }
         "echo" => echo(num(1) as u16).await,
         "tail" => tail(&arg(1), num(2), num(3), num(4)).await,
         _ => Err("usage: baseline append|replay|create|page|insert-many|echo|tail ...".into()),
     }
+}
+
+/// A database baseline's arguments. `max_time` is the service's `DB_TIMEOUT_MS`, which it
+/// sends as `maxTimeMS`.
+struct Load {
+    uri: String,
+    db: String,
+    connections: u64,
+    seconds: u64,
+    max_time: Duration,
 }
 
 /// Latencies in microseconds, summarised.
@@ -180,83 +201,76 @@ async fn reserve(
 
 /// The raw driver doing exactly the database work of the service's append: one
 /// `findOneAndUpdate` of the session, one `insert` of the event, with the same documents.
-/// `max_time_ms` is the service's `DB_TIMEOUT_MS`, which it sends as `maxTimeMS`.
-async fn append(
-    uri: &str,
-    db: &str,
-    connections: u64,
-    seconds: u64,
-    max_time_ms: u64,
-) -> Result<()> {
-    let (sessions, events) = collections(uri, db).await?;
+async fn append(load: Load) -> Result<()> {
+    let (sessions, events) = collections(&load.uri, &load.db).await?;
     open_sessions(&sessions, "base-", 100).await?;
-    let max_time = Duration::from_millis(max_time_ms);
-    drive("driver_append", 1, connections, seconds, move |i| {
-        let (sessions, events) = (sessions.clone(), events.clone());
-        async move {
-            let session = format!("base-{}", i % 100);
-            let now = DateTime::now();
-            let Some(seq) = reserve(&sessions, &session, now, max_time).await else {
-                return false;
-            };
-            events
-                .insert_one(event_doc(&session, &format!("e{i}"), seq, now, i))
-                .await
-                .is_ok()
-        }
-    })
+    let max_time = load.max_time;
+    drive(
+        "driver_append",
+        1,
+        load.connections,
+        load.seconds,
+        move |i| {
+            let (sessions, events) = (sessions.clone(), events.clone());
+            async move {
+                let session = format!("base-{}", i % 100);
+                let now = DateTime::now();
+                let Some(seq) = reserve(&sessions, &session, now, max_time).await else {
+                    return false;
+                };
+                events
+                    .insert_one(event_doc(&session, &format!("e{i}"), seq, now, i))
+                    .await
+                    .is_ok()
+            }
+        },
+    )
     .await
 }
 
 /// The service's replay: the reservation, the insert that the unique index refuses, and the
 /// read of the stored event.
-async fn replay(
-    uri: &str,
-    db: &str,
-    connections: u64,
-    seconds: u64,
-    max_time_ms: u64,
-) -> Result<()> {
-    let (sessions, events) = collections(uri, db).await?;
+async fn replay(load: Load) -> Result<()> {
+    let (sessions, events) = collections(&load.uri, &load.db).await?;
     open_sessions(&sessions, "replay-", 1).await?;
     events
         .insert_one(event_doc("replay-0", "replayed", 1, DateTime::now(), 0))
         .await?;
-    let max_time = Duration::from_millis(max_time_ms);
-    drive("driver_replay", 1, connections, seconds, move |_| {
-        let (sessions, events) = (sessions.clone(), events.clone());
-        async move {
-            let now = DateTime::now();
-            let Some(seq) = reserve(&sessions, "replay-0", now, max_time).await else {
-                return false;
-            };
-            let refused = events
-                .insert_one(event_doc("replay-0", "replayed", seq, now, 0))
-                .await;
-            let duplicate = matches!(&refused, Err(e) if matches!(*e.kind,
+    let max_time = load.max_time;
+    drive(
+        "driver_replay",
+        1,
+        load.connections,
+        load.seconds,
+        move |_| {
+            let (sessions, events) = (sessions.clone(), events.clone());
+            async move {
+                let now = DateTime::now();
+                let Some(seq) = reserve(&sessions, "replay-0", now, max_time).await else {
+                    return false;
+                };
+                let refused = events
+                    .insert_one(event_doc("replay-0", "replayed", seq, now, 0))
+                    .await;
+                let duplicate = matches!(&refused, Err(e) if matches!(*e.kind,
                 ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == 11000));
-            let stored = events
-                .find_one(doc! {"sessionId": "replay-0", "eventId": "replayed"})
-                .projection(doc! {"_id": 0})
-                .max_time(max_time)
-                .await;
-            duplicate && matches!(stored, Ok(Some(_)))
-        }
-    })
+                let stored = events
+                    .find_one(doc! {"sessionId": "replay-0", "eventId": "replayed"})
+                    .projection(doc! {"_id": 0})
+                    .max_time(max_time)
+                    .await;
+                duplicate && matches!(stored, Ok(Some(_)))
+            }
+        },
+    )
     .await
 }
 
 /// The service's create: one upsert of the session by its id, returning the document.
-async fn create(
-    uri: &str,
-    db: &str,
-    connections: u64,
-    seconds: u64,
-    max_time_ms: u64,
-) -> Result<()> {
-    let (sessions, _) = collections(uri, db).await?;
-    let max_time = Duration::from_millis(max_time_ms);
-    drive("driver_create", 1, connections, seconds, move |i| {
+async fn create(load: Load) -> Result<()> {
+    let (sessions, _) = collections(&load.uri, &load.db).await?;
+    let max_time = load.max_time;
+    drive("driver_create", 1, load.connections, load.seconds, move |i| {
         let sessions = sessions.clone();
         async move {
             let now = DateTime::now();
@@ -279,45 +293,51 @@ async fn create(
 
 /// The service's first page of 50 from a 1,000-event session: one `find` sorted by the
 /// session's timeline index, 51 documents in the first batch.
-async fn page(uri: &str, db: &str, connections: u64, seconds: u64, max_time_ms: u64) -> Result<()> {
-    let (_, events) = collections(uri, db).await?;
+async fn page(load: Load) -> Result<()> {
+    let (_, events) = collections(&load.uri, &load.db).await?;
     let now = DateTime::now();
     let docs: Vec<Document> = (0..1000)
         .map(|i| event_doc("page-0", &format!("f{i}"), i as i64 + 1, now, i))
         .collect();
     events.insert_many(docs).await?;
-    let max_time = Duration::from_millis(max_time_ms);
-    drive("driver_page", 1, connections, seconds, move |_| {
-        let events = events.clone();
-        async move {
-            let found = events
-                .find(doc! {"sessionId": "page-0"})
-                .sort(doc! {"timestamp": 1, "seq": 1})
-                .projection(doc! {"_id": 0})
-                .limit(51)
-                .batch_size(51)
-                .max_time(max_time)
-                .await;
-            match found {
-                Ok(cursor) => cursor
-                    .try_collect::<Vec<Document>>()
-                    .await
-                    .is_ok_and(|d| d.len() == 51),
-                Err(_) => false,
+    let max_time = load.max_time;
+    drive(
+        "driver_page",
+        1,
+        load.connections,
+        load.seconds,
+        move |_| {
+            let events = events.clone();
+            async move {
+                let found = events
+                    .find(doc! {"sessionId": "page-0"})
+                    .sort(doc! {"timestamp": 1, "seq": 1})
+                    .projection(doc! {"_id": 0})
+                    .limit(51)
+                    .batch_size(51)
+                    .max_time(max_time)
+                    .await;
+                match found {
+                    Ok(cursor) => cursor
+                        .try_collect::<Vec<Document>>()
+                        .await
+                        .is_ok_and(|d| d.len() == 51),
+                    Err(_) => false,
+                }
             }
-        }
-    })
+        },
+    )
     .await
 }
 
 /// Raw `insert_many` of 100 events per call.
-async fn insert_many(uri: &str, db: &str, connections: u64, seconds: u64) -> Result<()> {
-    let (_, events) = collections(uri, db).await?;
+async fn insert_many(load: Load) -> Result<()> {
+    let (_, events) = collections(&load.uri, &load.db).await?;
     drive(
         "driver_insert_many_100",
         100,
-        connections,
-        seconds,
+        load.connections,
+        load.seconds,
         move |batch| {
             let events = events.clone();
             async move {

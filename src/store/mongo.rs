@@ -278,15 +278,14 @@ impl MongoStore {
                 () = stopped(&mut stop) => return,
             }
             let followed = tokio::select! {
-                followed = self.follow_change_streams(&feed) => followed,
+                followed = self.follow_change_streams(&feed) => Some(followed),
                 // Dropping the change streams closes their cursors.
-                () = feed.until_unwatched_for(IDLE_LINGER) => {
-                    feed.set_change_streams(false);
-                    continue;
-                }
+                () = feed.until_unwatched_for(IDLE_LINGER) => None,
                 () = stopped(&mut stop) => return,
             };
             feed.set_change_streams(false);
+            // Nobody listens any more: wait for the next stream, not for a retry.
+            let Some(followed) = followed else { continue };
             if let Err(e) = followed {
                 tracing::warn!(
                     error = %e,
