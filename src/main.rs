@@ -10,21 +10,31 @@ use conversation_sessions::{shutdown_signal, telemetry, Application};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_arena_eager_commit` and `mi_option_purge_delay`: their places in
-/// the `mi_option_e` enum of `mimalloc.h`, which the bindings do not name.
+/// mimalloc's `mi_option_arena_eager_commit`: its place in the `mi_option_e` enum of
+/// `mimalloc.h`, which the bindings do not name.
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Sets the allocator's options before anything allocates. mimalloc reserves its first arena
+/// on the first allocation, and the Rust runtime allocates before `main`, so an option set in
+/// `main` comes too late for that arena. A constructor in `.init_array` runs before the
+/// runtime starts.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static SET_ALLOCATOR_OPTIONS: extern "C" fn() = set_allocator_options;
+
+/// By default mimalloc commits its arenas eagerly on Linux and does not return that memory
+/// to the OS: the service's peak RSS grew with every burst of large batches, to 51-58 MiB in
+/// the benchmark's MongoDB run. Committed on demand, the peak stays under 40 MiB (see
+/// BENCHMARKS.md).
+extern "C" fn set_allocator_options() {
+    // SAFETY: mimalloc's options may be set at any time, from any thread.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+}
 
 fn main() -> ExitCode {
-    // By default mimalloc commits its arenas eagerly and returns freed memory to the OS
-    // 10 ms late; a burst of large batches then left the RSS above 70 MiB for good. Memory
-    // committed on demand and returned at once keeps it near 20 MiB, at no measurable cost
-    // in throughput (see BENCHMARKS.md). Set before the runtime allocates anything.
-    // SAFETY: mimalloc's options may be set at any time, from any thread.
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
-    }
+    #[cfg(not(target_os = "linux"))]
+    set_allocator_options();
     run()
 }
 
