@@ -28,6 +28,13 @@ pub enum EventOutcome {
 }
 
 impl EventOutcome {
+    const ALL: [Self; 4] = [
+        Self::Accepted,
+        Self::Replayed,
+        Self::Conflicting,
+        Self::RejectedClosed,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Self::Accepted => "accepted",
@@ -45,6 +52,10 @@ pub struct Metrics {
     /// The request series' handles by route template, so that a request finds its counter
     /// without building label sets: routes are few, and so are their methods and statuses.
     requests: RwLock<HashMap<Box<str>, Vec<RequestSeries>>>,
+    /// `events_total` by outcome, in `EventOutcome::ALL` order.
+    events: [Counter; EventOutcome::ALL.len()],
+    /// The store operations' latency series by (operation, succeeded).
+    store_operations: RwLock<HashMap<(&'static str, bool), Histogram>>,
 }
 
 /// The series of one (route, method, status).
@@ -62,10 +73,18 @@ impl Default for Metrics {
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
+        let events = EventOutcome::ALL.map(|outcome| {
+            recorder.register_counter(
+                &static_key("events_total", &[("outcome", outcome.label())]),
+                &METADATA,
+            )
+        });
         Self {
             recorder,
             handle,
             requests: RwLock::default(),
+            events,
+            store_operations: RwLock::default(),
         }
     }
 }
@@ -143,26 +162,35 @@ impl Metrics {
     }
 
     pub fn events(&self, outcome: EventOutcome, count: u64) {
-        self.recorder
-            .register_counter(
-                &static_key("events_total", &[("outcome", outcome.label())]),
-                &METADATA,
-            )
-            .increment(count);
+        self.events[outcome as usize].increment(count);
     }
 
     /// One store operation and whether it succeeded.
     pub fn store_operation(&self, operation: &'static str, ok: bool, latency: Duration) {
-        let result = if ok { "ok" } else { "error" };
-        self.recorder
-            .register_histogram(
-                &static_key(
-                    "store_operation_duration_seconds",
-                    &[("operation", operation), ("result", result)],
-                ),
-                &METADATA,
-            )
-            .record(latency.as_secs_f64());
+        let known = self
+            .store_operations
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&(operation, ok))
+            .cloned();
+        let histogram = known.unwrap_or_else(|| {
+            let result = if ok { "ok" } else { "error" };
+            self.store_operations
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .entry((operation, ok))
+                .or_insert_with(|| {
+                    self.recorder.register_histogram(
+                        &static_key(
+                            "store_operation_duration_seconds",
+                            &[("operation", operation), ("result", result)],
+                        ),
+                        &METADATA,
+                    )
+                })
+                .clone()
+        });
+        histogram.record(latency.as_secs_f64());
     }
 
     /// One command sent to the database: a round trip.
@@ -223,5 +251,34 @@ mod tests {
         );
         assert!(text.contains("live_streams_open 4"), "{text}");
         assert!(text.contains("live_change_streams_active 1"), "{text}");
+    }
+
+    #[test]
+    fn each_event_outcome_counts_under_its_own_label() {
+        let metrics = Metrics::default();
+        for (n, outcome) in (1..).zip(EventOutcome::ALL) {
+            metrics.events(outcome, n);
+        }
+        let text = metrics.render(0, false);
+        for (n, outcome) in (1..).zip(EventOutcome::ALL) {
+            let line = format!(r#"events_total{{outcome="{}"}} {n}"#, outcome.label());
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn store_operations_keep_their_results_apart() {
+        let metrics = Metrics::default();
+        metrics.store_operation("insert", true, Duration::from_micros(700));
+        metrics.store_operation("insert", false, Duration::from_micros(700));
+        metrics.store_operation("insert", false, Duration::from_micros(700));
+        let text = metrics.render(0, false);
+        let series = |result: &str| {
+            format!(
+                r#"store_operation_duration_seconds_count{{operation="insert",result="{result}"}}"#
+            )
+        };
+        assert!(text.contains(&format!("{} 1", series("ok"))), "{text}");
+        assert!(text.contains(&format!("{} 2", series("error"))), "{text}");
     }
 }
