@@ -257,11 +257,21 @@ class Service:
         return cursor
 
     def round_trips(self, url_path, script, seconds):
-        """Commands per request over a window of two connections, so that even slow
-        requests complete in it; needs `DB_COMMAND_METRICS=true`."""
+        """Commands per request, over a window of two connections for a scripted scenario;
+        needs `DB_COMMAND_METRICS=true`."""
         before = commands_sent(self.base)
-        r = wrk(self.base + url_path, script, seconds, connections=2)
-        return (commands_sent(self.base) - before) / r["requests"] if r["requests"] else None
+        if script:
+            requests = wrk(self.base + url_path, script, seconds, connections=2)["requests"]
+        else:
+            # A plain GET (a page): requests one after another, each complete when counted.
+            # A time window would also count the commands of the requests it cuts off, which
+            # shows when only a few complete in it, as with the slow pages of a large session.
+            requests, started = 0, time.time()
+            while requests < 2 or (requests < 20 and time.time() - started < seconds):
+                status, _ = http("GET", self.base + url_path)
+                assert status == 200, status
+                requests += 1
+        return (commands_sent(self.base) - before) / requests if requests else None
 
     def measure(self, name, url_path, script, seconds, events_per_request=1):
         cpu_before = self.process.cpu_seconds()
