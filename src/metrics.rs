@@ -27,6 +27,14 @@ pub enum EventOutcome {
     RejectedClosed,
 }
 
+const _: () = {
+    let mut i = 0;
+    while i < EventOutcome::ALL.len() {
+        assert!(EventOutcome::ALL[i].index() == i);
+        i += 1;
+    }
+};
+
 impl EventOutcome {
     const ALL: [Self; 4] = [
         Self::Accepted,
@@ -34,6 +42,11 @@ impl EventOutcome {
         Self::Conflicting,
         Self::RejectedClosed,
     ];
+
+    /// `ALL` lists every outcome in declaration order, so `outcome as usize` indexes it.
+    const fn index(self) -> usize {
+        self as usize
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -162,7 +175,17 @@ impl Metrics {
     }
 
     pub fn events(&self, outcome: EventOutcome, count: u64) {
-        self.events[outcome as usize].increment(count);
+        match self.events.get(outcome.index()) {
+            Some(counter) => counter.increment(count),
+            // An outcome missing from `ALL`: counted all the same, only slower.
+            None => self
+                .recorder
+                .register_counter(
+                    &static_key("events_total", &[("outcome", outcome.label())]),
+                    &METADATA,
+                )
+                .increment(count),
+        }
     }
 
     /// One store operation and whether it succeeded.

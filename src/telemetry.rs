@@ -2,8 +2,10 @@
 
 use std::fmt::{self, Write as _};
 
+use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -40,18 +42,20 @@ pub fn init(format: LogFormat) {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonLines;
 
-impl<S, N> FormatEvent<S, N> for JsonLines
+/// Only with its own span fields (`fmt_fields(JsonLines)`), which it copies as they are.
+impl<S> FormatEvent<S, JsonLines> for JsonLines
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, JsonLines>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
+        // Records from the `log` crate (rustls uses it) carry their real target and level.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut line = String::with_capacity(320);
         line.push_str("{\"timestamp\":\"");
         SystemTime.format_time(&mut Writer::new(&mut line))?;
@@ -67,7 +71,7 @@ where
             .or_else(|| ctx.lookup_current());
         if let Some(span) = span {
             line.push_str(",\"span\":{");
-            if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
+            if let Some(fields) = span.extensions().get::<FormattedFields<JsonLines>>() {
                 if !fields.is_empty() {
                     line.push_str(fields);
                     line.push(',');
@@ -94,9 +98,23 @@ impl<'w> FormatFields<'w> for JsonLines {
         current: &'w mut FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
-        let mut members = Members::new(&mut current.fields);
-        members.first = members.out.is_empty();
-        fields.record(&mut members);
+        let mut added = String::new();
+        fields.record(&mut Members::new(&mut added));
+        if added.is_empty() {
+            return Ok(());
+        }
+        if current.fields.is_empty() {
+            current.fields = added;
+            return Ok(());
+        }
+        // A field recorded again replaces its value: merge the two as objects.
+        let mut merged: Map<String, Value> =
+            serde_json::from_str(&format!("{{{}}}", current.fields)).map_err(|_| fmt::Error)?;
+        let added: Map<String, Value> =
+            serde_json::from_str(&format!("{{{added}}}")).map_err(|_| fmt::Error)?;
+        merged.extend(added);
+        let object = serde_json::to_string(&merged).map_err(|_| fmt::Error)?;
+        current.fields = object[1..object.len() - 1].to_owned();
         Ok(())
     }
 }
@@ -143,13 +161,23 @@ impl Visit for Members<'_> {
         let _ = write!(self.out, "{value}");
     }
 
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
         // JSON has no NaN or infinity; Rust prints finite floats without an exponent.
         if value.is_finite() {
             let _ = write!(self.out, "{value}");
         } else {
-            let _ = write!(self.out, "\"{value}\"");
+            self.out.push_str("null");
         }
     }
 
@@ -213,7 +241,7 @@ mod tests {
     use std::io;
     use std::sync::{Arc, Mutex};
 
-    use serde_json::{json, Value};
+    use serde_json::json;
     use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
@@ -300,6 +328,7 @@ mod tests {
                 nan = f64::NAN,
                 infinite = f64::INFINITY,
                 big = u64::MAX,
+                wide = -5_i128,
                 "no span {}",
                 1
             );
@@ -310,9 +339,10 @@ mod tests {
         assert_eq!(fields["shown"], awkward);
         assert_eq!(fields["debugged"], format!("{awkward:?}"));
         assert_eq!(fields["error"], "disk \"full\"\n");
-        assert_eq!(fields["nan"], "NaN");
-        assert_eq!(fields["infinite"], "inf");
+        assert_eq!(fields["nan"], Value::Null);
+        assert_eq!(fields["infinite"], Value::Null);
         assert_eq!(fields["big"], u64::MAX);
+        assert_eq!(fields["wide"], -5);
         assert!(lines[0].get("span").is_none());
     }
 
@@ -322,6 +352,7 @@ mod tests {
             let span = tracing::info_span!("job", first = 1_u64, later = tracing::field::Empty);
             let _entered = span.enter();
             span.record("later", "set");
+            span.record("first", 2_u64);
             tracing::info!("inside");
             let bare = tracing::info_span!("bare");
             let _inner = bare.enter();
@@ -329,7 +360,7 @@ mod tests {
         });
         assert_eq!(
             lines[0]["span"],
-            json!({"first": 1, "later": "set", "name": "job"})
+            json!({"first": 2, "later": "set", "name": "job"})
         );
         assert_eq!(lines[1]["span"], json!({"name": "bare"}));
     }
