@@ -130,6 +130,12 @@ impl<'a> Members<'a> {
         Self { out, first: true }
     }
 
+    /// A member whose value prints as a JSON number.
+    fn number(&mut self, field: &Field, value: impl fmt::Display) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+
     fn key(&mut self, field: &Field) {
         if !self.first {
             self.out.push(',');
@@ -152,31 +158,27 @@ impl Visit for Members<'_> {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.number(field, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.number(field, value);
     }
 
     fn record_i128(&mut self, field: &Field, value: i128) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.number(field, value);
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.number(field, value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field);
         // JSON has no NaN or infinity; Rust prints finite floats without an exponent.
         if value.is_finite() {
-            let _ = write!(self.out, "{value}");
+            self.number(field, value);
         } else {
+            self.key(field);
             self.out.push_str("null");
         }
     }
