@@ -349,6 +349,21 @@ mod tests {
     }
 
     #[test]
+    fn records_from_the_log_crate_keep_their_target_and_level() {
+        let lines = lines(|| {
+            let record = log::Record::builder()
+                .target("rustls::client")
+                .level(log::Level::Warn)
+                .args(format_args!("from the log crate"))
+                .build();
+            tracing_log::format_trace(&record).unwrap();
+        });
+        assert_eq!(lines[0]["target"], "rustls::client");
+        assert_eq!(lines[0]["level"], "WARN");
+        assert_eq!(lines[0]["fields"]["message"], "from the log crate");
+    }
+
+    #[test]
     fn fields_recorded_later_join_the_span() {
         let lines = lines(|| {
             let span = tracing::info_span!("job", first = 1_u64, later = tracing::field::Empty);
