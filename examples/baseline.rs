@@ -121,23 +121,17 @@ fn event_doc(session: &str, event_id: &str, seq: i64, now: DateTime, i: u64) -> 
     "timestamp": now, "seq": seq, "receivedAt": now}
 }
 
-/// Runs `op(i)` for i = 0, 1, 2, ... from `connections` tasks for `seconds`, and reports
-/// its rate and latencies; `op` tells whether the operation succeeded.
-async fn drive<F, Fut>(
-    name: &str,
-    units_per_op: u64,
-    connections: u64,
-    seconds: u64,
-    op: F,
-) -> Result<()>
+/// Runs `op(i)` for i = 0, 1, 2, ... from the load's connections for its seconds, and
+/// reports its rate and latencies; `op` tells whether the operation succeeded.
+async fn drive<F, Fut>(name: &str, units_per_op: u64, load: &Load, op: F) -> Result<()>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = bool> + Send,
 {
     let counter = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let deadline = Instant::now() + Duration::from_secs(load.seconds);
     let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
+    let tasks: Vec<_> = (0..load.connections)
         .map(|_| {
             let (op, counter) = (op.clone(), Arc::clone(&counter));
             tokio::spawn(async move {
@@ -205,26 +199,20 @@ async fn append(load: Load) -> Result<()> {
     let (sessions, events) = collections(&load.uri, &load.db).await?;
     open_sessions(&sessions, "base-", 100).await?;
     let max_time = load.max_time;
-    drive(
-        "driver_append",
-        1,
-        load.connections,
-        load.seconds,
-        move |i| {
-            let (sessions, events) = (sessions.clone(), events.clone());
-            async move {
-                let session = format!("base-{}", i % 100);
-                let now = DateTime::now();
-                let Some(seq) = reserve(&sessions, &session, now, max_time).await else {
-                    return false;
-                };
-                events
-                    .insert_one(event_doc(&session, &format!("e{i}"), seq, now, i))
-                    .await
-                    .is_ok()
-            }
-        },
-    )
+    drive("driver_append", 1, &load, move |i| {
+        let (sessions, events) = (sessions.clone(), events.clone());
+        async move {
+            let session = format!("base-{}", i % 100);
+            let now = DateTime::now();
+            let Some(seq) = reserve(&sessions, &session, now, max_time).await else {
+                return false;
+            };
+            events
+                .insert_one(event_doc(&session, &format!("e{i}"), seq, now, i))
+                .await
+                .is_ok()
+        }
+    })
     .await
 }
 
@@ -237,32 +225,26 @@ async fn replay(load: Load) -> Result<()> {
         .insert_one(event_doc("replay-0", "replayed", 1, DateTime::now(), 0))
         .await?;
     let max_time = load.max_time;
-    drive(
-        "driver_replay",
-        1,
-        load.connections,
-        load.seconds,
-        move |_| {
-            let (sessions, events) = (sessions.clone(), events.clone());
-            async move {
-                let now = DateTime::now();
-                let Some(seq) = reserve(&sessions, "replay-0", now, max_time).await else {
-                    return false;
-                };
-                let refused = events
-                    .insert_one(event_doc("replay-0", "replayed", seq, now, 0))
-                    .await;
-                let duplicate = matches!(&refused, Err(e) if matches!(*e.kind,
+    drive("driver_replay", 1, &load, move |_| {
+        let (sessions, events) = (sessions.clone(), events.clone());
+        async move {
+            let now = DateTime::now();
+            let Some(seq) = reserve(&sessions, "replay-0", now, max_time).await else {
+                return false;
+            };
+            let refused = events
+                .insert_one(event_doc("replay-0", "replayed", seq, now, 0))
+                .await;
+            let duplicate = matches!(&refused, Err(e) if matches!(*e.kind,
                 ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == 11000));
-                let stored = events
-                    .find_one(doc! {"sessionId": "replay-0", "eventId": "replayed"})
-                    .projection(doc! {"_id": 0})
-                    .max_time(max_time)
-                    .await;
-                duplicate && matches!(stored, Ok(Some(_)))
-            }
-        },
-    )
+            let stored = events
+                .find_one(doc! {"sessionId": "replay-0", "eventId": "replayed"})
+                .projection(doc! {"_id": 0})
+                .max_time(max_time)
+                .await;
+            duplicate && matches!(stored, Ok(Some(_)))
+        }
+    })
     .await
 }
 
@@ -270,7 +252,7 @@ async fn replay(load: Load) -> Result<()> {
 async fn create(load: Load) -> Result<()> {
     let (sessions, _) = collections(&load.uri, &load.db).await?;
     let max_time = load.max_time;
-    drive("driver_create", 1, load.connections, load.seconds, move |i| {
+    drive("driver_create", 1, &load, move |i| {
         let sessions = sessions.clone();
         async move {
             let now = DateTime::now();
@@ -301,63 +283,51 @@ async fn page(load: Load) -> Result<()> {
         .collect();
     events.insert_many(docs).await?;
     let max_time = load.max_time;
-    drive(
-        "driver_page",
-        1,
-        load.connections,
-        load.seconds,
-        move |_| {
-            let events = events.clone();
-            async move {
-                let found = events
-                    .find(doc! {"sessionId": "page-0"})
-                    .sort(doc! {"timestamp": 1, "seq": 1})
-                    .projection(doc! {"_id": 0})
-                    .limit(51)
-                    .batch_size(51)
-                    .max_time(max_time)
-                    .await;
-                match found {
-                    Ok(cursor) => cursor
-                        .try_collect::<Vec<Document>>()
-                        .await
-                        .is_ok_and(|d| d.len() == 51),
-                    Err(_) => false,
-                }
+    drive("driver_page", 1, &load, move |_| {
+        let events = events.clone();
+        async move {
+            let found = events
+                .find(doc! {"sessionId": "page-0"})
+                .sort(doc! {"timestamp": 1, "seq": 1})
+                .projection(doc! {"_id": 0})
+                .limit(51)
+                .batch_size(51)
+                .max_time(max_time)
+                .await;
+            match found {
+                Ok(cursor) => cursor
+                    .try_collect::<Vec<Document>>()
+                    .await
+                    .is_ok_and(|d| d.len() == 51),
+                Err(_) => false,
             }
-        },
-    )
+        }
+    })
     .await
 }
 
 /// Raw `insert_many` of 100 events per call.
 async fn insert_many(load: Load) -> Result<()> {
     let (_, events) = collections(&load.uri, &load.db).await?;
-    drive(
-        "driver_insert_many_100",
-        100,
-        load.connections,
-        load.seconds,
-        move |batch| {
-            let events = events.clone();
-            async move {
-                let now = DateTime::now();
-                let docs: Vec<Document> = (0..100)
-                    .map(|k| {
-                        let i = batch * 100 + k;
-                        event_doc(
-                            &format!("many-{}", batch % 100),
-                            &format!("e{i}"),
-                            i as i64 + 1,
-                            now,
-                            i,
-                        )
-                    })
-                    .collect();
-                events.insert_many(docs).await.is_ok()
-            }
-        },
-    )
+    drive("driver_insert_many_100", 100, &load, move |batch| {
+        let events = events.clone();
+        async move {
+            let now = DateTime::now();
+            let docs: Vec<Document> = (0..100)
+                .map(|k| {
+                    let i = batch * 100 + k;
+                    event_doc(
+                        &format!("many-{}", batch % 100),
+                        &format!("e{i}"),
+                        i as i64 + 1,
+                        now,
+                        i,
+                    )
+                })
+                .collect();
+            events.insert_many(docs).await.is_ok()
+        }
+    })
     .await
 }
 

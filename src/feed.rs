@@ -223,15 +223,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn tells_when_streams_come_and_when_they_have_been_gone_for_a_while() {
         let feed = Arc::new(SessionFeed::default());
-        let linger = std::time::Duration::from_secs(30);
-        let early = tokio::time::timeout(std::time::Duration::from_secs(60), feed.until_watched());
+        let linger = Duration::from_secs(30);
+        let early = tokio::time::timeout(Duration::from_secs(60), feed.until_watched());
         assert!(early.await.is_err(), "no stream listens yet");
         let stream = feed.subscribe(&sid("a"));
         feed.until_watched().await;
-        let idle = tokio::time::timeout(
-            std::time::Duration::from_secs(60),
-            feed.until_unwatched_for(linger),
-        );
+        let idle = tokio::time::timeout(Duration::from_secs(60), feed.until_unwatched_for(linger));
         assert!(idle.await.is_err(), "a stream still listens");
         drop(stream);
         let started = tokio::time::Instant::now();
