@@ -149,6 +149,14 @@ impl Subscription {
         *receiver.borrow_and_update()
     }
 
+    /// The counts as of now, leaving them unseen.
+    pub fn peek(&self) -> Changes {
+        self.receiver
+            .as_ref()
+            .map(|r| *r.borrow())
+            .unwrap_or_default()
+    }
+
     /// The counts as of now, marking them seen.
     pub fn current(&mut self) -> Changes {
         self.receiver

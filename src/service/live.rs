@@ -1,7 +1,8 @@
 //! Live tails: a session's stored events from a position, then new ones as they are
 //! accepted, in seq order, ending with the session's close.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -11,7 +12,9 @@ use tracing::Instrument;
 use super::ServiceError;
 use crate::domain::{Event, Order, Session, SessionId, Timestamp};
 use crate::feed::{stopped, Changes, SessionFeed, Subscription};
-use crate::store::{EventFilter, EventPageQuery, EventRepository, PageStart, SessionRepository};
+use crate::store::{
+    EventFilter, EventPageQuery, EventRepository, PageStart, SessionRepository, StoreError,
+};
 
 /// Events read from the store per query while catching up.
 const CATCH_UP_BATCH: usize = 200;
@@ -39,7 +42,7 @@ pub enum TailMessage {
 #[derive(Clone)]
 pub struct LiveService {
     sessions: Arc<dyn SessionRepository>,
-    events: Arc<dyn EventRepository>,
+    reads: Arc<SharedReads>,
     feed: Arc<SessionFeed>,
     permits: Arc<Semaphore>,
     max_streams: usize,
@@ -57,7 +60,7 @@ impl LiveService {
     ) -> Self {
         Self {
             sessions,
-            events,
+            reads: Arc::new(SharedReads::new(events)),
             feed,
             permits: Arc::new(Semaphore::new(max_streams)),
             max_streams,
@@ -98,7 +101,7 @@ impl LiveService {
         let (sender, receiver) = mpsc::channel(BUFFER);
         let tail = Tail {
             sessions: Arc::clone(&self.sessions),
-            events: Arc::clone(&self.events),
+            reads: Arc::clone(&self.reads),
             session: session.clone(),
             last_seq: after_seq,
             gap: None,
@@ -130,7 +133,7 @@ enum Delivered {
 /// One running stream.
 struct Tail {
     sessions: Arc<dyn SessionRepository>,
-    events: Arc<dyn EventRepository>,
+    reads: Arc<SharedReads>,
     session: SessionId,
     last_seq: i64,
     /// The seq just past a gap, and when this stream first saw that gap.
@@ -149,14 +152,14 @@ impl Tail {
     ) {
         let mut closed_since = (!session.status.is_open()).then(Instant::now);
         loop {
-            let mut wake = match self.deliver(false).await {
+            let mut wake = match self.deliver(false, &subscription, seen.appends).await {
                 Err(Gone) => return,
                 Ok(Delivered::All) => None,
                 Ok(Delivered::UpToGap(at) | Delivered::StoreFailed(at)) => Some(at),
             };
             if let Some(since) = closed_since {
                 if since.elapsed() >= SETTLE || is_old(session.updated_at) {
-                    match self.finish(&session).await {
+                    match self.finish(&session, &subscription, seen.appends).await {
                         Ok(true) | Err(Gone) => return,
                         Ok(false) => wake = Some(Instant::now() + RETRY),
                     }
@@ -190,8 +193,13 @@ impl Tail {
 
     /// Sends what is left, past any gap, then the close. `Ok(false)` when the store did not
     /// answer: the close must not go out before every event has.
-    async fn finish(&mut self, session: &Session) -> Result<bool, Gone> {
-        match self.deliver(true).await? {
+    async fn finish(
+        &mut self,
+        session: &Session,
+        subscription: &Subscription,
+        seen_appends: u64,
+    ) -> Result<bool, Gone> {
+        match self.deliver(true, subscription, seen_appends).await? {
             Delivered::StoreFailed(_) => Ok(false),
             Delivered::All | Delivered::UpToGap(_) => {
                 self.send(TailMessage::Closed(session.clone())).await?;
@@ -201,16 +209,23 @@ impl Tail {
     }
 
     /// Sends the stored events after `last_seq` in seq order, stopping at a gap that may
-    /// still fill unless `past_gaps`.
-    async fn deliver(&mut self, past_gaps: bool) -> Result<Delivered, Gone> {
+    /// still fill unless `past_gaps`. Every read sees at least the appends of the
+    /// `seen_appends` wake-ups. Going past gaps is the last delivery before the close, so
+    /// it reads for itself: a shared read may have started before the last insert ended.
+    async fn deliver(
+        &mut self,
+        past_gaps: bool,
+        subscription: &Subscription,
+        seen_appends: u64,
+    ) -> Result<Delivered, Gone> {
         loop {
-            let query = EventPageQuery {
-                order: Order::Asc,
-                start: PageStart::AfterSeq(self.last_seq),
-                filter: EventFilter::default(),
-                limit: CATCH_UP_BATCH,
-            };
-            let page = match self.events.page(&self.session, &query).await {
+            let read = self.reads.after(
+                &self.session,
+                self.last_seq,
+                (!past_gaps).then_some(seen_appends),
+                subscription.peek().appends,
+            );
+            let page = match read.await {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(error = %e, "live stream could not read events; retrying");
@@ -218,14 +233,14 @@ impl Tail {
                 }
             };
             let full = page.len() == CATCH_UP_BATCH;
-            for event in page {
-                if !past_gaps && event.seq != self.last_seq + 1 && !self.gap_settled(&event) {
+            for event in page.iter() {
+                if !past_gaps && event.seq != self.last_seq + 1 && !self.gap_settled(event) {
                     let since = self.gap.map_or_else(Instant::now, |(_, since)| since);
                     return Ok(Delivered::UpToGap(since + SETTLE));
                 }
                 self.last_seq = event.seq;
                 self.gap = None;
-                self.send(TailMessage::Event(event)).await?;
+                self.send(TailMessage::Event(event.clone())).await?;
             }
             if !full {
                 return Ok(Delivered::All);
@@ -257,6 +272,107 @@ impl Tail {
     }
 }
 
+/// A page of events read for live streams, shared by every stream that asked for it.
+type SharedPage = Result<Arc<[Event]>, Arc<StoreError>>;
+
+/// The live streams' store reads. When an append wakes the streams of a session that
+/// stand at the same position, they share one read instead of making one each: 200
+/// streams on a session cost the database one query per append, not 200.
+struct SharedReads {
+    events: Arc<dyn EventRepository>,
+    /// Reads under way, by session and the seq they read after.
+    reading: Mutex<HashMap<(SessionId, i64), Reading>>,
+}
+
+struct Reading {
+    /// The session's append count when the read started. The read sees every event whose
+    /// wake-up was sent by then: a wake-up is sent only once its event is stored.
+    appends: u64,
+    page: watch::Receiver<Option<SharedPage>>,
+}
+
+impl SharedReads {
+    fn new(events: Arc<dyn EventRepository>) -> Self {
+        Self {
+            events,
+            reading: Mutex::default(),
+        }
+    }
+
+    /// The events of `session` after `after_seq`, up to a catch-up batch, from a read that
+    /// sees at least the first `fresh_as_of` appends, or from a read of its own without
+    /// it. `appends_now` is the session's append count as of now, which a read started
+    /// here will see.
+    async fn after(
+        self: &Arc<Self>,
+        session: &SessionId,
+        after_seq: i64,
+        fresh_as_of: Option<u64>,
+        appends_now: u64,
+    ) -> SharedPage {
+        let key = (session.clone(), after_seq);
+        let mut page = {
+            let mut reading = self.lock();
+            match (reading.get(&key), fresh_as_of) {
+                (Some(read), Some(fresh)) if read.appends >= fresh => read.page.clone(),
+                _ => {
+                    let (sender, page) = watch::channel(None);
+                    reading.insert(
+                        key.clone(),
+                        Reading {
+                            appends: appends_now,
+                            page: page.clone(),
+                        },
+                    );
+                    // A task of its own, so that the read finishes, and leaves the map,
+                    // even when every stream waiting for it has gone.
+                    tokio::spawn(Arc::clone(self).read(key, sender));
+                    page
+                }
+            }
+        };
+        let read = page.wait_for(Option::is_some).await;
+        match read.as_deref() {
+            Ok(Some(result)) => result.clone(),
+            // The reading task ended without an answer: the runtime is shutting down.
+            _ => Err(Arc::new(StoreError::Unavailable(
+                "the read was abandoned".into(),
+            ))),
+        }
+    }
+
+    async fn read(
+        self: Arc<Self>,
+        key: (SessionId, i64),
+        sender: watch::Sender<Option<SharedPage>>,
+    ) {
+        let query = EventPageQuery {
+            order: Order::Asc,
+            start: PageStart::AfterSeq(key.1),
+            filter: EventFilter::default(),
+            limit: CATCH_UP_BATCH,
+        };
+        let page = self.events.page(&key.0, &query).await;
+        {
+            let mut reading = self.lock();
+            if reading
+                .get(&key)
+                .is_some_and(|read| read.page.same_channel(&sender.subscribe()))
+            {
+                reading.remove(&key);
+            }
+        }
+        sender.send_replace(Some(page.map(Arc::from).map_err(Arc::new)));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(SessionId, i64), Reading>> {
+        // Each entry stands alone; a panic leaves nothing half-done: keep using the map.
+        self.reading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 fn is_old(t: Timestamp) -> bool {
     let age_ms = Timestamp::now().millis().saturating_sub(t.millis());
     age_ms >= i64::try_from(SETTLED_AGE.as_millis()).unwrap_or(i64::MAX)
@@ -273,5 +389,179 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::domain::{EventId, EventType, JsonObject, NewSession, SessionStatus};
+    use crate::store::MemoryStore;
+
+    /// The in-memory store, counting page reads and holding each read's answer, taken
+    /// before the hold, while the gate is shut.
+    struct Gated {
+        inner: Arc<MemoryStore>,
+        reads: AtomicUsize,
+        open: watch::Sender<bool>,
+    }
+
+    #[async_trait]
+    impl EventRepository for Gated {
+        async fn insert(&self, event: &Event) -> Result<(), StoreError> {
+            self.inner.insert(event).await
+        }
+        async fn insert_many(&self, events: &[Event]) -> Result<Vec<bool>, StoreError> {
+            self.inner.insert_many(events).await
+        }
+        async fn get(&self, s: &SessionId, e: &EventId) -> Result<Option<Event>, StoreError> {
+            EventRepository::get(&*self.inner, s, e).await
+        }
+        async fn delete_session_events(&self, s: &SessionId) -> Result<u64, StoreError> {
+            self.inner.delete_session_events(s).await
+        }
+        async fn get_many(&self, s: &SessionId, ids: &[EventId]) -> Result<Vec<Event>, StoreError> {
+            self.inner.get_many(s, ids).await
+        }
+        async fn page(&self, s: &SessionId, q: &EventPageQuery) -> Result<Vec<Event>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let page = self.inner.page(s, q).await;
+            let _ = self.open.subscribe().wait_for(|open| *open).await;
+            page
+        }
+    }
+
+    struct Harness {
+        store: Arc<Gated>,
+        feed: Arc<SessionFeed>,
+        live: LiveService,
+        session: SessionId,
+        _stop: watch::Sender<bool>,
+    }
+
+    impl Harness {
+        async fn new() -> Self {
+            let memory = Arc::new(MemoryStore::default());
+            let session = SessionId::parse("call-1").unwrap();
+            let new = NewSession {
+                session_id: session.clone(),
+                language: None,
+                metadata: JsonObject::default(),
+                status: SessionStatus::Active,
+                started_at: None,
+            };
+            memory.create(new, Timestamp::now()).await.unwrap();
+            let store = Arc::new(Gated {
+                inner: Arc::clone(&memory),
+                reads: AtomicUsize::new(0),
+                open: watch::Sender::new(true),
+            });
+            let feed = Arc::new(SessionFeed::default());
+            let (stop, stopping) = watch::channel(false);
+            let live = LiveService::new(memory, store.clone(), Arc::clone(&feed), 100, stopping);
+            Self {
+                store,
+                feed,
+                live,
+                session,
+                _stop: stop,
+            }
+        }
+
+        fn reads(&self) -> usize {
+            self.store.reads.load(Ordering::SeqCst)
+        }
+
+        async fn store_event(&self, seq: i64) {
+            let event = Event {
+                session_id: self.session.clone(),
+                event_id: EventId::parse(format!("e{seq}")).unwrap(),
+                event_type: EventType::parse("user_speech").unwrap(),
+                payload: JsonObject::default(),
+                timestamp: Timestamp::now(),
+                seq,
+                received_at: Timestamp::now(),
+            };
+            self.store.insert(&event).await.unwrap();
+        }
+    }
+
+    /// Lets every task run until all of them wait (the clock is paused).
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    async fn next_seq(stream: &mut mpsc::Receiver<TailMessage>) -> Option<i64> {
+        match tokio::time::timeout(Duration::from_secs(5), stream.recv()).await {
+            Ok(Some(TailMessage::Event(event))) => Some(event.seq),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_at_the_same_position_share_one_read_per_append() {
+        let h = Harness::new().await;
+        let mut streams = Vec::new();
+        for _ in 0..20 {
+            streams.push(h.live.tail(&h.session, 0).await.unwrap());
+        }
+        settle().await;
+        let before = h.reads();
+        h.store.open.send_replace(false);
+        h.store_event(1).await;
+        h.feed.appended(&h.session);
+        settle().await;
+        h.store.open.send_replace(true);
+        for stream in &mut streams {
+            assert_eq!(next_seq(stream).await, Some(1));
+        }
+        assert_eq!(h.reads() - before, 1, "20 streams woken by one append");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_never_shares_a_read_that_started_before_the_append_it_was_told_of() {
+        let h = Harness::new().await;
+        let mut first = h.live.tail(&h.session, 0).await.unwrap();
+        settle().await;
+        // `first` starts a read that finds nothing, and is held.
+        h.store.open.send_replace(false);
+        h.feed.appended(&h.session);
+        settle().await;
+        let before = h.reads();
+        h.store_event(1).await;
+        h.feed.appended(&h.session);
+        // `second` opens after that append: the held read is too old for it.
+        let mut second = h.live.tail(&h.session, 0).await.unwrap();
+        settle().await;
+        assert_eq!(h.reads() - before, 1, "second made a read of its own");
+        h.store.open.send_replace(true);
+        assert_eq!(next_seq(&mut second).await, Some(1));
+        assert_eq!(next_seq(&mut first).await, Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_read_before_the_close_is_never_shared() {
+        let h = Harness::new().await;
+        let reads = Arc::new(SharedReads::new(h.store.clone()));
+        let read = |fresh_as_of| {
+            let (reads, session) = (Arc::clone(&reads), h.session.clone());
+            tokio::spawn(async move { reads.after(&session, 0, fresh_as_of, 0).await })
+        };
+        h.store.open.send_replace(false);
+        let held = read(Some(0));
+        settle().await;
+        h.store_event(1).await;
+        let shared = read(Some(0));
+        let own = read(None);
+        settle().await;
+        assert_eq!(h.reads(), 2, "one shared read and one of its own");
+        h.store.open.send_replace(true);
+        assert_eq!(held.await.unwrap().unwrap().len(), 0);
+        assert_eq!(shared.await.unwrap().unwrap().len(), 0);
+        assert_eq!(own.await.unwrap().unwrap().len(), 1);
     }
 }
