@@ -326,19 +326,24 @@ impl SharedReads {
                     );
                     // A task of its own, so that the read finishes, and leaves the map,
                     // even when every stream waiting for it has gone.
-                    tokio::spawn(Arc::clone(self).read(key, sender));
+                    tokio::spawn(Arc::clone(self).read(key.clone(), sender));
                     page
                 }
             }
         };
-        let read = page.wait_for(Option::is_some).await;
-        match read.as_deref() {
-            Ok(Some(result)) => result.clone(),
-            // The reading task ended without an answer: the runtime is shutting down.
-            _ => Err(Arc::new(StoreError::Unavailable(
+        let answer = page
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|read| read.clone());
+        answer.unwrap_or_else(|| {
+            // The reading task ended without an answer (it panicked, or the runtime is
+            // shutting down): forget it, so that the next try reads afresh.
+            self.forget(&key, &page);
+            Err(Arc::new(StoreError::Unavailable(
                 "the read was abandoned".into(),
-            ))),
-        }
+            )))
+        })
     }
 
     async fn read(
@@ -353,16 +358,19 @@ impl SharedReads {
             limit: CATCH_UP_BATCH,
         };
         let page = self.events.page(&key.0, &query).await;
-        {
-            let mut reading = self.lock();
-            if reading
-                .get(&key)
-                .is_some_and(|read| read.page.same_channel(&sender.subscribe()))
-            {
-                reading.remove(&key);
-            }
-        }
+        self.forget(&key, &sender.subscribe());
         sender.send_replace(Some(page.map(Arc::from).map_err(Arc::new)));
+    }
+
+    /// Removes the read of `key` if it is the one behind `page`.
+    fn forget(&self, key: &(SessionId, i64), page: &watch::Receiver<Option<SharedPage>>) {
+        let mut reading = self.lock();
+        if reading
+            .get(key)
+            .is_some_and(|read| read.page.same_channel(page))
+        {
+            reading.remove(key);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(SessionId, i64), Reading>> {
@@ -394,7 +402,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use async_trait::async_trait;
 
@@ -408,6 +416,7 @@ mod tests {
         inner: Arc<MemoryStore>,
         reads: AtomicUsize,
         open: watch::Sender<bool>,
+        panic_next: AtomicBool,
     }
 
     #[async_trait]
@@ -429,6 +438,10 @@ mod tests {
         }
         async fn page(&self, s: &SessionId, q: &EventPageQuery) -> Result<Vec<Event>, StoreError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
+            assert!(
+                !self.panic_next.swap(false, Ordering::SeqCst),
+                "a read panicked"
+            );
             let page = self.inner.page(s, q).await;
             let _ = self.open.subscribe().wait_for(|open| *open).await;
             page
@@ -459,6 +472,7 @@ mod tests {
                 inner: Arc::clone(&memory),
                 reads: AtomicUsize::new(0),
                 open: watch::Sender::new(true),
+                panic_next: AtomicBool::new(false),
             });
             let feed = Arc::new(SessionFeed::default());
             let (stop, stopping) = watch::channel(false);
@@ -563,5 +577,16 @@ mod tests {
         assert_eq!(held.await.unwrap().unwrap().len(), 0);
         assert_eq!(shared.await.unwrap().unwrap().len(), 0);
         assert_eq!(own.await.unwrap().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_that_ended_without_an_answer_is_not_shared_again() {
+        let h = Harness::new().await;
+        let reads = Arc::new(SharedReads::new(h.store.clone()));
+        h.store.panic_next.store(true, Ordering::SeqCst);
+        assert!(reads.after(&h.session, 0, Some(0), 0).await.is_err());
+        h.store_event(1).await;
+        let page = reads.after(&h.session, 0, Some(0), 0).await.unwrap();
+        assert_eq!(page.len(), 1);
     }
 }
