@@ -4,7 +4,7 @@
 //! lost, doubled or spurious wake-up can delay a message but never lose or repeat one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,17 +17,24 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
-/// How many changes of each kind a session has seen; a stream compares counts to learn
-/// what happened since it last looked.
+/// What a session has seen; a stream compares them to learn what happened since it last
+/// looked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Changes {
+    /// The number of append wake-ups the whole feed had sent, for any session, at this
+    /// session's latest one, or when its channel was made. It never goes back, not even
+    /// when the channel is dropped and made again, so a read that noted a higher or equal
+    /// value started after every append it stands for.
     pub appends: u64,
+    /// Closes of the session since its channel was made.
     pub closes: u64,
 }
 
 /// Per-session wake-up channels, shared by every stream of this instance.
 pub struct SessionFeed {
     channels: Mutex<HashMap<SessionId, watch::Sender<Changes>>>,
+    /// Append wake-ups sent so far, for any session; changed under the `channels` lock.
+    appends: AtomicU64,
     /// Whether database change streams currently feed this instance (else it polls).
     change_streams: AtomicBool,
     /// How many sessions have a listening stream here, for whoever follows the database.
@@ -38,6 +45,7 @@ impl Default for SessionFeed {
     fn default() -> Self {
         Self {
             channels: Mutex::default(),
+            appends: AtomicU64::default(),
             change_streams: AtomicBool::default(),
             watched: watch::Sender::new(0),
         }
@@ -56,7 +64,10 @@ impl SessionFeed {
         let mut channels = self.lock();
         let receiver = channels
             .entry(session.clone())
-            .or_insert_with(|| watch::channel(Changes::default()).0)
+            .or_insert_with(|| {
+                let appends = self.appends.load(Ordering::Relaxed);
+                watch::channel(Changes { appends, closes: 0 }).0
+            })
             .subscribe();
         self.watched.send_replace(channels.len());
         Subscription {
@@ -68,21 +79,18 @@ impl SessionFeed {
 
     /// Events were appended to `session`.
     pub fn appended(&self, session: &SessionId) {
-        self.signal(Some(session), |c| c.appends += 1);
+        self.signal(Some(session), true, false);
     }
 
     /// `session` was closed.
     pub fn closed(&self, session: &SessionId) {
-        self.signal(Some(session), |c| c.closes += 1);
+        self.signal(Some(session), false, true);
     }
 
     /// Anything may have changed anywhere: after a gap in change notifications, or on each
     /// tick when the deployment offers no change notifications at all.
     pub fn everything_changed(&self) {
-        self.signal(None, |c| {
-            c.appends += 1;
-            c.closes += 1;
-        });
+        self.signal(None, true, true);
     }
 
     pub fn set_change_streams(&self, active: bool) {
@@ -119,9 +127,20 @@ impl SessionFeed {
         }
     }
 
-    fn signal(&self, session: Option<&SessionId>, change: impl Fn(&mut Changes)) {
+    fn signal(&self, session: Option<&SessionId>, append: bool, close: bool) {
         let channels = self.lock();
-        let bump = |sender: &watch::Sender<Changes>| sender.send_modify(&change);
+        // Taken under the lock, so that every channel's value only ever rises.
+        let appends = append.then(|| self.appends.fetch_add(1, Ordering::Relaxed) + 1);
+        let bump = |sender: &watch::Sender<Changes>| {
+            sender.send_modify(|c| {
+                if let Some(appends) = appends {
+                    c.appends = appends;
+                }
+                if close {
+                    c.closes += 1;
+                }
+            });
+        };
         match session {
             Some(id) => channels.get(id).into_iter().for_each(bump),
             None => channels.values().for_each(bump),
@@ -209,10 +228,26 @@ mod tests {
         assert_eq!(
             b.changed().await,
             Changes {
-                appends: 1,
+                appends: 2,
                 closes: 1
             }
         );
+    }
+
+    #[test]
+    fn append_counts_never_go_back_when_a_session_channel_is_made_again() {
+        let feed = Arc::new(SessionFeed::default());
+        let mut first = feed.subscribe(&sid("a"));
+        feed.appended(&sid("a"));
+        let before = first.current().appends;
+        drop(first);
+        // Nobody listens: the channel is gone, but the append still counts.
+        feed.appended(&sid("a"));
+        let mut again = feed.subscribe(&sid("a"));
+        assert!(again.current().appends > before);
+        feed.appended(&sid("b"));
+        feed.appended(&sid("a"));
+        assert_eq!(again.current().appends, 4);
     }
 
     #[test]

@@ -152,14 +152,14 @@ impl Tail {
     ) {
         let mut closed_since = (!session.status.is_open()).then(Instant::now);
         loop {
-            let mut wake = match self.deliver(false, &subscription, seen.appends).await {
+            let mut wake = match self.deliver(false, &subscription).await {
                 Err(Gone) => return,
                 Ok(Delivered::All) => None,
                 Ok(Delivered::UpToGap(at) | Delivered::StoreFailed(at)) => Some(at),
             };
             if let Some(since) = closed_since {
                 if since.elapsed() >= SETTLE || is_old(session.updated_at) {
-                    match self.finish(&session, &subscription, seen.appends).await {
+                    match self.finish(&session, &subscription).await {
                         Ok(true) | Err(Gone) => return,
                         Ok(false) => wake = Some(Instant::now() + RETRY),
                     }
@@ -197,9 +197,8 @@ impl Tail {
         &mut self,
         session: &Session,
         subscription: &Subscription,
-        seen_appends: u64,
     ) -> Result<bool, Gone> {
-        match self.deliver(true, subscription, seen_appends).await? {
+        match self.deliver(true, subscription).await? {
             Delivered::StoreFailed(_) => Ok(false),
             Delivered::All | Delivered::UpToGap(_) => {
                 self.send(TailMessage::Closed(session.clone())).await?;
@@ -209,20 +208,19 @@ impl Tail {
     }
 
     /// Sends the stored events after `last_seq` in seq order, stopping at a gap that may
-    /// still fill unless `past_gaps`. Every read sees at least the appends of the
-    /// `seen_appends` wake-ups. Going past gaps is the last delivery before the close, so
-    /// it reads for itself: a shared read may have started before the last insert ended.
+    /// still fill unless `past_gaps`. Each read sees every append `subscription` has been
+    /// told of. A stream waiting at a gap, or going past gaps before the close, reads for
+    /// itself: a shared read may have started before the wait was over.
     async fn deliver(
         &mut self,
         past_gaps: bool,
         subscription: &Subscription,
-        seen_appends: u64,
     ) -> Result<Delivered, Gone> {
         loop {
             let read = self.reads.after(
                 &self.session,
                 self.last_seq,
-                (!past_gaps).then_some(seen_appends),
+                !past_gaps && self.gap.is_none(),
                 subscription.peek().appends,
             );
             let page = match read.await {
@@ -284,6 +282,7 @@ struct SharedReads {
     reading: Mutex<HashMap<(SessionId, i64), Reading>>,
 }
 
+/// A read under way.
 struct Reading {
     /// The session's append count when the read started. The read sees every event whose
     /// wake-up was sent by then: a wake-up is sent only once its event is stored.
@@ -299,38 +298,19 @@ impl SharedReads {
         }
     }
 
-    /// The events of `session` after `after_seq`, up to a catch-up batch, from a read that
-    /// sees at least the first `fresh_as_of` appends, or from a read of its own without
-    /// it. `appends_now` is the session's append count as of now, which a read started
-    /// here will see.
+    /// The events of `session` after `after_seq`, up to a catch-up batch. `appends` is the
+    /// session's append count as the caller knows it: the read sees every append it stands
+    /// for. With `shared`, the read may be one already under way that noted at least that
+    /// count; without, it is a read of its own.
     async fn after(
         self: &Arc<Self>,
         session: &SessionId,
         after_seq: i64,
-        fresh_as_of: Option<u64>,
-        appends_now: u64,
+        shared: bool,
+        appends: u64,
     ) -> SharedPage {
         let key = (session.clone(), after_seq);
-        let mut page = {
-            let mut reading = self.lock();
-            match (reading.get(&key), fresh_as_of) {
-                (Some(read), Some(fresh)) if read.appends >= fresh => read.page.clone(),
-                _ => {
-                    let (sender, page) = watch::channel(None);
-                    reading.insert(
-                        key.clone(),
-                        Reading {
-                            appends: appends_now,
-                            page: page.clone(),
-                        },
-                    );
-                    // A task of its own, so that the read finishes, and leaves the map,
-                    // even when every stream waiting for it has gone.
-                    tokio::spawn(Arc::clone(self).read(key.clone(), sender));
-                    page
-                }
-            }
-        };
+        let mut page = self.join_or_start(&key, shared, appends);
         let answer = page
             .wait_for(Option::is_some)
             .await
@@ -344,6 +324,33 @@ impl SharedReads {
                 "the read was abandoned".into(),
             )))
         })
+    }
+
+    /// The answer channel of a read of `key` that noted at least `appends`, under way or
+    /// started here.
+    fn join_or_start(
+        self: &Arc<Self>,
+        key: &(SessionId, i64),
+        shared: bool,
+        appends: u64,
+    ) -> watch::Receiver<Option<SharedPage>> {
+        let mut reading = self.lock();
+        match reading.get(key) {
+            Some(read) if shared && read.appends >= appends => read.page.clone(),
+            _ => {
+                let (sender, page) = watch::channel(None);
+                let read = Reading {
+                    appends,
+                    page: page.clone(),
+                };
+                reading.insert(key.clone(), read);
+                // A task of its own, so that the read finishes, and leaves the map, even
+                // when every stream waiting for it has gone.
+                let task = Arc::clone(self).read(key.clone(), sender);
+                tokio::spawn(task.in_current_span());
+                page
+            }
+        }
     }
 
     async fn read(
@@ -449,11 +456,12 @@ mod tests {
     }
 
     struct Harness {
+        memory: Arc<MemoryStore>,
         store: Arc<Gated>,
         feed: Arc<SessionFeed>,
         live: LiveService,
         session: SessionId,
-        _stop: watch::Sender<bool>,
+        stop: watch::Sender<bool>,
     }
 
     impl Harness {
@@ -476,18 +484,47 @@ mod tests {
             });
             let feed = Arc::new(SessionFeed::default());
             let (stop, stopping) = watch::channel(false);
-            let live = LiveService::new(memory, store.clone(), Arc::clone(&feed), 100, stopping);
+            let events: Arc<dyn EventRepository> = Arc::clone(&store) as _;
+            let live = LiveService::new(
+                Arc::clone(&memory) as _,
+                events,
+                Arc::clone(&feed),
+                100,
+                stopping,
+            );
             Self {
+                memory,
                 store,
                 feed,
                 live,
                 session,
-                _stop: stop,
+                stop,
             }
         }
 
         fn reads(&self) -> usize {
             self.store.reads.load(Ordering::SeqCst)
+        }
+
+        /// A stream's task, standing after `last_seq`, outside any running loop.
+        fn tail_after(&self, last_seq: i64) -> (Tail, mpsc::Receiver<TailMessage>) {
+            let (sender, receiver) = mpsc::channel(BUFFER);
+            let tail = Tail {
+                sessions: Arc::clone(&self.memory) as _,
+                reads: Arc::clone(&self.live.reads),
+                session: self.session.clone(),
+                last_seq,
+                gap: None,
+                sender,
+                stop: self.stop.subscribe(),
+            };
+            (tail, receiver)
+        }
+
+        /// Starts a shared read after `after_seq` that the gate will hold.
+        fn held_read(&self, after_seq: i64) -> tokio::task::JoinHandle<SharedPage> {
+            let (reads, session) = (Arc::clone(&self.live.reads), self.session.clone());
+            tokio::spawn(async move { reads.after(&session, after_seq, true, 0).await })
         }
 
         async fn store_event(&self, seq: i64) {
@@ -558,35 +595,75 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_read_before_the_close_is_never_shared() {
+    async fn reads_after_different_positions_are_not_shared() {
         let h = Harness::new().await;
-        let reads = Arc::new(SharedReads::new(h.store.clone()));
-        let read = |fresh_as_of| {
-            let (reads, session) = (Arc::clone(&reads), h.session.clone());
-            tokio::spawn(async move { reads.after(&session, 0, fresh_as_of, 0).await })
-        };
+        h.store_event(1).await;
+        h.store_event(2).await;
         h.store.open.send_replace(false);
-        let held = read(Some(0));
+        let (from_start, after_first) = (h.held_read(0), h.held_read(1));
+        settle().await;
+        assert_eq!(h.reads(), 2);
+        h.store.open.send_replace(true);
+        assert_eq!(from_start.await.unwrap().unwrap().len(), 2);
+        assert_eq!(after_first.await.unwrap().unwrap().len(), 1);
+        assert!(
+            h.live.reads.lock().is_empty(),
+            "finished reads are forgotten"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_delivery_before_the_close_reads_for_itself() {
+        let h = Harness::new().await;
+        h.store.open.send_replace(false);
+        // Under way, and blind to the event stored next.
+        let held = h.held_read(0);
         settle().await;
         h.store_event(1).await;
-        let shared = read(Some(0));
-        let own = read(None);
+        let session = SessionRepository::get(&*h.memory, &h.session)
+            .await
+            .unwrap()
+            .unwrap();
+        let subscription = h.feed.subscribe(&h.session);
+        let (mut tail, mut messages) = h.tail_after(0);
+        let finish = tokio::spawn(async move { tail.finish(&session, &subscription).await });
         settle().await;
-        assert_eq!(h.reads(), 2, "one shared read and one of its own");
         h.store.open.send_replace(true);
-        assert_eq!(held.await.unwrap().unwrap().len(), 0);
-        assert_eq!(shared.await.unwrap().unwrap().len(), 0);
-        assert_eq!(own.await.unwrap().unwrap().len(), 1);
+        assert!(matches!(finish.await.unwrap(), Ok(true)));
+        assert_eq!(next_seq(&mut messages).await, Some(1));
+        assert!(held.await.unwrap().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_waiting_at_a_gap_reads_for_itself() {
+        let h = Harness::new().await;
+        h.store_event(2).await;
+        h.store.open.send_replace(false);
+        // Under way, and blind to the event that fills the gap.
+        let held = h.held_read(0);
+        settle().await;
+        h.store_event(1).await;
+        let subscription = h.feed.subscribe(&h.session);
+        let (mut tail, mut messages) = h.tail_after(0);
+        tail.gap = Some((2, Instant::now()));
+        tokio::time::advance(SETTLE).await;
+        let deliver = tokio::spawn(async move { tail.deliver(false, &subscription).await });
+        settle().await;
+        h.store.open.send_replace(true);
+        assert!(matches!(deliver.await.unwrap(), Ok(Delivered::All)));
+        assert_eq!(next_seq(&mut messages).await, Some(1));
+        assert_eq!(next_seq(&mut messages).await, Some(2));
+        assert_eq!(held.await.unwrap().unwrap().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_read_that_ended_without_an_answer_is_not_shared_again() {
         let h = Harness::new().await;
-        let reads = Arc::new(SharedReads::new(h.store.clone()));
+        let reads = &h.live.reads;
         h.store.panic_next.store(true, Ordering::SeqCst);
-        assert!(reads.after(&h.session, 0, Some(0), 0).await.is_err());
+        assert!(reads.after(&h.session, 0, true, 0).await.is_err());
         h.store_event(1).await;
-        let page = reads.after(&h.session, 0, Some(0), 0).await.unwrap();
+        let page = reads.after(&h.session, 0, true, 0).await.unwrap();
         assert_eq!(page.len(), 1);
     }
 }
