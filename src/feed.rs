@@ -3,7 +3,7 @@
 //! A wake-up carries no data. A woken stream reads the store from its own position, so a
 //! lost, doubled or spurious wake-up can delay a message but never lose or repeat one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,9 +30,13 @@ pub struct Changes {
     pub closes: u64,
 }
 
+/// How many void seqs are kept per watched session; a stream at an older one waits out
+/// the gap, as for any seq it does not know to be void.
+const VOIDS_KEPT: usize = 64;
+
 /// Per-session wake-up channels, shared by every stream of this instance.
 pub struct SessionFeed {
-    channels: Mutex<HashMap<SessionId, watch::Sender<Changes>>>,
+    channels: Mutex<HashMap<SessionId, Channel>>,
     /// Append wake-ups sent so far, for any session; changed under the `channels` lock.
     appends: AtomicU64,
     /// Whether database change streams currently feed this instance (else it polls).
@@ -52,6 +56,12 @@ impl Default for SessionFeed {
     }
 }
 
+/// A watched session's wake-ups, and the seqs this instance knows will never be filled.
+struct Channel {
+    sender: watch::Sender<Changes>,
+    voids: VecDeque<i64>,
+}
+
 /// A stream's registration; dropping it frees the session's channel once nobody listens.
 pub struct Subscription {
     feed: Arc<SessionFeed>,
@@ -66,8 +76,12 @@ impl SessionFeed {
             .entry(session.clone())
             .or_insert_with(|| {
                 let appends = self.appends.load(Ordering::Relaxed);
-                watch::channel(Changes { appends, closes: 0 }).0
+                Channel {
+                    sender: watch::channel(Changes { appends, closes: 0 }).0,
+                    voids: VecDeque::new(),
+                }
             })
+            .sender
             .subscribe();
         self.watched.send_replace(channels.len());
         Subscription {
@@ -80,6 +94,33 @@ impl SessionFeed {
     /// Events were appended to `session`.
     pub fn appended(&self, session: &SessionId) {
         self.signal(Some(session), true, false);
+    }
+
+    /// The appends that reserved `seqs` in `session` stored nothing (their eventIds were
+    /// taken), so those seqs will never be filled and streams need not wait at them.
+    /// Known on this instance only, and kept only while a stream here watches the session.
+    pub fn voided(&self, session: &SessionId, seqs: &[i64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        {
+            let mut channels = self.lock();
+            let Some(channel) = channels.get_mut(session) else {
+                return;
+            };
+            channel.voids.extend(seqs);
+            let excess = channel.voids.len().saturating_sub(VOIDS_KEPT);
+            channel.voids.drain(..excess);
+        }
+        // Streams waiting at one of these gaps look again.
+        self.signal(Some(session), true, false);
+    }
+
+    /// Whether every seq in `seqs` is known to be void in `session`.
+    pub fn all_void(&self, session: &SessionId, mut seqs: std::ops::Range<i64>) -> bool {
+        let channels = self.lock();
+        let voids = channels.get(session).map(|c| &c.voids);
+        seqs.all(|seq| voids.is_some_and(|v| v.contains(&seq)))
     }
 
     /// `session` was closed.
@@ -131,8 +172,8 @@ impl SessionFeed {
         let channels = self.lock();
         // Taken under the lock, so that every channel's value only ever rises.
         let appends = append.then(|| self.appends.fetch_add(1, Ordering::Relaxed) + 1);
-        let bump = |sender: &watch::Sender<Changes>| {
-            sender.send_modify(|c| {
+        let bump = |channel: &Channel| {
+            channel.sender.send_modify(|c| {
                 if let Some(appends) = appends {
                     c.appends = appends;
                 }
@@ -147,7 +188,7 @@ impl SessionFeed {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, watch::Sender<Changes>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Channel>> {
         // The map holds no invariant a panic could break half-way: keep using it.
         self.channels
             .lock()
@@ -191,7 +232,7 @@ impl Drop for Subscription {
         let mut channels = self.feed.lock();
         if channels
             .get(&self.session)
-            .is_some_and(|sender| sender.receiver_count() == 0)
+            .is_some_and(|channel| channel.sender.receiver_count() == 0)
         {
             channels.remove(&self.session);
             self.feed.watched.send_replace(channels.len());
@@ -281,5 +322,23 @@ mod tests {
             "left after {:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn void_seqs_are_kept_for_watched_sessions_and_wake_their_streams() {
+        let feed = Arc::new(SessionFeed::default());
+        feed.voided(&sid("a"), &[1]);
+        let mut stream = feed.subscribe(&sid("a"));
+        assert!(!feed.all_void(&sid("a"), 1..2), "nobody watched a then");
+        let seen = stream.current();
+        feed.voided(&sid("a"), &[2, 3]);
+        assert!(stream.changed().await.appends > seen.appends);
+        assert!(feed.all_void(&sid("a"), 2..4));
+        assert!(!feed.all_void(&sid("a"), 2..5));
+        assert!(!feed.all_void(&sid("b"), 2..3));
+        let many: Vec<i64> = (10..10 + VOIDS_KEPT as i64).collect();
+        feed.voided(&sid("a"), &many);
+        assert!(!feed.all_void(&sid("a"), 2..3), "the oldest are let go");
+        assert!(feed.all_void(&sid("a"), 10..10 + VOIDS_KEPT as i64));
     }
 }

@@ -100,7 +100,10 @@ impl EventService {
                 self.feed.appended(session);
                 Ok(Written::Created(event))
             }
-            Err(StoreError::Duplicate) => self.replay(session, &new).await,
+            Err(StoreError::Duplicate) => {
+                self.feed.voided(session, &[event.seq]);
+                self.replay(session, &new).await
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -171,12 +174,15 @@ impl EventService {
         if inserted.contains(&true) {
             self.feed.appended(session);
         }
-        let clashes: Vec<EventId> = events
+        // Each refused item's eventId was taken, and its seq is void.
+        let refused: Vec<&Event> = events
             .iter()
             .zip(&inserted)
-            .filter(|(_, stored)| !**stored)
-            .map(|(e, _)| e.event_id.clone())
+            .filter_map(|(e, stored)| (!stored).then_some(e))
             .collect();
+        let voided: Vec<i64> = refused.iter().map(|e| e.seq).collect();
+        self.feed.voided(session, &voided);
+        let clashes: Vec<EventId> = refused.iter().map(|e| e.event_id.clone()).collect();
         let stored: HashMap<EventId, Event> = match clashes.is_empty() {
             true => HashMap::new(),
             false => self

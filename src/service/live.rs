@@ -102,6 +102,7 @@ impl LiveService {
         let tail = Tail {
             sessions: Arc::clone(&self.sessions),
             reads: Arc::clone(&self.reads),
+            feed: Arc::clone(&self.feed),
             session: session.clone(),
             last_seq: after_seq,
             gap: None,
@@ -134,6 +135,7 @@ enum Delivered {
 struct Tail {
     sessions: Arc<dyn SessionRepository>,
     reads: Arc<SharedReads>,
+    feed: Arc<SessionFeed>,
     session: SessionId,
     last_seq: i64,
     /// The seq just past a gap, and when this stream first saw that gap.
@@ -209,8 +211,8 @@ impl Tail {
 
     /// Sends the stored events after `last_seq` in seq order, stopping at a gap that may
     /// still fill unless `past_gaps`. Each read sees every append `subscription` has been
-    /// told of. A stream waiting at a gap, or going past gaps before the close, reads for
-    /// itself: a shared read may have started before the wait was over.
+    /// told of. A stream waiting at a gap that may still fill, or going past gaps before
+    /// the close, reads for itself: a shared read may have started before the wait was over.
     async fn deliver(
         &mut self,
         past_gaps: bool,
@@ -220,7 +222,7 @@ impl Tail {
             let read = self.reads.after(
                 &self.session,
                 self.last_seq,
-                !past_gaps && self.gap.is_none(),
+                !past_gaps && self.gap.is_none_or(|(next, _)| self.gap_void(next)),
                 subscription.peek().appends,
             );
             let page = match read.await {
@@ -248,7 +250,7 @@ impl Tail {
 
     /// Whether the stream may move past the gap before `event`.
     fn gap_settled(&mut self, event: &Event) -> bool {
-        if is_old(event.received_at) {
+        if is_old(event.received_at) || self.gap_void(event.seq) {
             return true;
         }
         match self.gap {
@@ -258,6 +260,11 @@ impl Tail {
                 false
             }
         }
+    }
+
+    /// Whether every seq between the last one sent and `next` is known to be void.
+    fn gap_void(&self, next: i64) -> bool {
+        self.feed.all_void(&self.session, self.last_seq + 1..next)
     }
 
     /// Waits for room in the reader's buffer, but not past the service's stop.
@@ -512,6 +519,7 @@ mod tests {
             let tail = Tail {
                 sessions: Arc::clone(&self.memory) as _,
                 reads: Arc::clone(&self.live.reads),
+                feed: Arc::clone(&self.feed),
                 session: self.session.clone(),
                 last_seq,
                 gap: None,
@@ -665,5 +673,22 @@ mod tests {
         h.store_event(1).await;
         let page = reads.after(&h.session, 0, true, 0).await.unwrap();
         assert_eq!(page.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_of_void_seqs_is_passed_at_once_and_others_are_waited_out() {
+        let h = Harness::new().await;
+        let subscription = h.feed.subscribe(&h.session);
+        h.store_event(3).await;
+        h.store_event(5).await;
+        h.feed.voided(&h.session, &[1, 2]);
+        let (mut tail, mut messages) = h.tail_after(0);
+        let delivered = tail.deliver(false, &subscription).await;
+        assert!(
+            matches!(delivered, Ok(Delivered::UpToGap(_))),
+            "4 may still fill"
+        );
+        assert_eq!(next_seq(&mut messages).await, Some(3));
+        assert!(messages.try_recv().is_err(), "5 waits");
     }
 }

@@ -14,6 +14,7 @@ on_both_stores!(
     a_closed_session_replays_after_the_position_and_ends,
     a_slow_reader_blocks_neither_ingestion_nor_other_streams,
     stream_requests_are_validated,
+    a_replay_in_a_live_session_does_not_hold_back_the_next_event,
 );
 
 /// A minimal Server-Sent Events reader.
@@ -130,6 +131,44 @@ async fn stream_replays_stored_events_then_live_ones_then_ends_with_the_close(ap
     assert!(
         stream.ended(SOON).await,
         "the stream ends after session.closed"
+    );
+}
+
+async fn a_replay_in_a_live_session_does_not_hold_back_the_next_event(app: TestApp) {
+    app.create_session("l6").await;
+    let mut stream = SseStream::open(&app, "/sessions/l6/events/stream", None).await;
+    let event = json!({"eventId": "e1", "type": "user_speech"});
+    let first = app.append("l6", event.clone()).await;
+    assert_eq!(stream.next(SOON).await.expect("e1").data, first);
+    // The retry uses up seq 2 and stores nothing.
+    let (status, _) = app.post("/sessions/l6/events", &event).await;
+    assert_eq!(status, StatusCode::OK);
+    let third = app
+        .append("l6", json!({"eventId": "e3", "type": "bot_speech"}))
+        .await;
+    assert_eq!(third["seq"], 3);
+    let appended = Instant::now();
+    assert_eq!(stream.next(SOON).await.expect("e3").data, third);
+    // A gap that may still fill is waited out for 500 ms; this one is known to stay empty.
+    assert!(
+        appended.elapsed() < Duration::from_millis(450),
+        "e3 came after {:?}",
+        appended.elapsed()
+    );
+    // In a batch too: the retried e3 uses up seq 4, e4 gets 5.
+    let batch = json!({"events": [{"eventId": "e3", "type": "bot_speech"}, {"eventId": "e4", "type": "system"}]});
+    let (status, body) = app.post("/sessions/l6/events:batch", &batch).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][1]["event"]["seq"], 5, "{body}");
+    let appended = Instant::now();
+    assert_eq!(
+        stream.next(SOON).await.expect("e4").data,
+        body["results"][1]["event"]
+    );
+    assert!(
+        appended.elapsed() < Duration::from_millis(450),
+        "e4 came after {:?}",
+        appended.elapsed()
     );
 }
 
