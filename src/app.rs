@@ -80,7 +80,14 @@ impl AppState {
                 Arc::clone(&events),
                 Arc::clone(&feed),
             ),
-            live: LiveService::new(sessions, events, feed, config.sse_max_streams, stop),
+            live: LiveService::new(
+                sessions,
+                events,
+                feed,
+                config.sse_max_streams,
+                config.sse_gap_wait,
+                stop,
+            ),
             heartbeat: config.sse_heartbeat,
         }))
     }

@@ -116,6 +116,15 @@ pub struct Cli {
         default_value = "1000"
     )]
     sse_max_streams: String,
+    /// Milliseconds a live stream waits at a gap in seq, and after a close, for an append
+    /// still in flight.
+    #[arg(
+        long,
+        env = "SSE_GAP_WAIT_MS",
+        value_name = "MS",
+        default_value = "500"
+    )]
+    sse_gap_wait_ms: String,
 }
 
 impl Cli {
@@ -145,6 +154,7 @@ impl Cli {
             ("MAX_CONNECTIONS", Some(self.max_connections)),
             ("SSE_HEARTBEAT_SECS", Some(self.sse_heartbeat_secs)),
             ("SSE_MAX_STREAMS", Some(self.sse_max_streams)),
+            ("SSE_GAP_WAIT_MS", Some(self.sse_gap_wait_ms)),
         ]);
         Config::from_lookup(|name| settings.get(name).cloned().flatten())
     }

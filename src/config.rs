@@ -9,6 +9,7 @@ const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 const DEFAULT_DB_TIMEOUT_MS: u64 = 3000;
 const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
 const DEFAULT_SSE_MAX_STREAMS: usize = 1000;
+const DEFAULT_SSE_GAP_WAIT_MS: u64 = 500;
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 10;
@@ -38,6 +39,9 @@ pub struct Config {
     pub sse_heartbeat: Duration,
     /// Live streams one instance serves at once; more get 503.
     pub sse_max_streams: usize,
+    /// How long a live stream waits at a gap in seq that an append in flight may still
+    /// fill, and after a close, before it moves on.
+    pub sse_gap_wait: Duration,
     /// Bearer keys that open the API; `None` leaves it open to anyone who can reach it.
     pub api_keys: Option<Vec<String>>,
     /// Closed sessions, with their events, are erased this long after they ended
@@ -129,6 +133,14 @@ impl Config {
                 "SSE_MAX_STREAMS",
             )?
             .min(tokio::sync::Semaphore::MAX_PERMITS),
+            sse_gap_wait: Duration::from_millis(positive(
+                parse_or(
+                    "SSE_GAP_WAIT_MS",
+                    get("SSE_GAP_WAIT_MS"),
+                    DEFAULT_SSE_GAP_WAIT_MS,
+                )?,
+                "SSE_GAP_WAIT_MS",
+            )?),
             api_keys: get("API_KEYS").map(|raw| api_keys(&raw)).transpose()?,
             retention: get("RETENTION_DAYS")
                 .map(|raw| {

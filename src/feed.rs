@@ -103,17 +103,15 @@ impl SessionFeed {
         if seqs.is_empty() {
             return;
         }
-        {
-            let mut channels = self.lock();
-            let Some(channel) = channels.get_mut(session) else {
-                return;
-            };
-            channel.voids.extend(seqs);
-            let excess = channel.voids.len().saturating_sub(VOIDS_KEPT);
-            channel.voids.drain(..excess);
-        }
+        let mut channels = self.lock();
+        let Some(channel) = channels.get_mut(session) else {
+            return;
+        };
+        channel.voids.extend(seqs);
+        let excess = channel.voids.len().saturating_sub(VOIDS_KEPT);
+        channel.voids.drain(..excess);
         // Streams waiting at one of these gaps look again.
-        self.signal(Some(session), true, false);
+        self.signal_locked(&channels, Some(session), true, false);
     }
 
     /// Whether every seq in `seqs` is known to be void in `session`.
@@ -123,9 +121,14 @@ impl SessionFeed {
         seqs.all(|seq| voids.is_some_and(|v| v.contains(&seq)))
     }
 
-    /// `session` was closed.
+    /// `session` was closed, or erased. Its void seqs go: an erased id may be created
+    /// again, with seqs of its own.
     pub fn closed(&self, session: &SessionId) {
-        self.signal(Some(session), false, true);
+        let mut channels = self.lock();
+        if let Some(channel) = channels.get_mut(session) {
+            channel.voids.clear();
+        }
+        self.signal_locked(&channels, Some(session), false, true);
     }
 
     /// Anything may have changed anywhere: after a gap in change notifications, or on each
@@ -169,7 +172,17 @@ impl SessionFeed {
     }
 
     fn signal(&self, session: Option<&SessionId>, append: bool, close: bool) {
-        let channels = self.lock();
+        self.signal_locked(&self.lock(), session, append, close);
+    }
+
+    /// As [`Self::signal`], under the lock the caller holds.
+    fn signal_locked(
+        &self,
+        channels: &HashMap<SessionId, Channel>,
+        session: Option<&SessionId>,
+        append: bool,
+        close: bool,
+    ) {
         // Taken under the lock, so that every channel's value only ever rises.
         let appends = append.then(|| self.appends.fetch_add(1, Ordering::Relaxed) + 1);
         let bump = |channel: &Channel| {
@@ -332,7 +345,8 @@ mod tests {
         assert!(!feed.all_void(&sid("a"), 1..2), "nobody watched a then");
         let seen = stream.current();
         feed.voided(&sid("a"), &[2, 3]);
-        assert!(stream.changed().await.appends > seen.appends);
+        let woken = tokio::time::timeout(Duration::from_secs(5), stream.changed()).await;
+        assert!(woken.expect("a wake-up").appends > seen.appends);
         assert!(feed.all_void(&sid("a"), 2..4));
         assert!(!feed.all_void(&sid("a"), 2..5));
         assert!(!feed.all_void(&sid("b"), 2..3));
@@ -340,5 +354,10 @@ mod tests {
         feed.voided(&sid("a"), &many);
         assert!(!feed.all_void(&sid("a"), 2..3), "the oldest are let go");
         assert!(feed.all_void(&sid("a"), 10..10 + VOIDS_KEPT as i64));
+        feed.closed(&sid("a"));
+        assert!(
+            !feed.all_void(&sid("a"), 10..11),
+            "a close (or an erase) forgets them"
+        );
     }
 }

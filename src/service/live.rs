@@ -18,10 +18,6 @@ use crate::store::{
 
 /// Events read from the store per query while catching up.
 const CATCH_UP_BATCH: usize = 200;
-/// How long a gap in seq may stay open before the stream moves past it. Gaps come from
-/// replays and conflicts (which use up a seq) and from appends still in flight; the wait
-/// covers the latter.
-const SETTLE: Duration = Duration::from_millis(500);
 /// Beyond this age (by the wall clock, allowing for skew between instances) a gap is old
 /// news and is passed at once.
 const SETTLED_AGE: Duration = Duration::from_secs(3);
@@ -46,6 +42,7 @@ pub struct LiveService {
     feed: Arc<SessionFeed>,
     permits: Arc<Semaphore>,
     max_streams: usize,
+    gap_wait: Duration,
     stop: watch::Receiver<bool>,
 }
 
@@ -56,6 +53,7 @@ impl LiveService {
         events: Arc<dyn EventRepository>,
         feed: Arc<SessionFeed>,
         max_streams: usize,
+        gap_wait: Duration,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -64,6 +62,7 @@ impl LiveService {
             feed,
             permits: Arc::new(Semaphore::new(max_streams)),
             max_streams,
+            gap_wait,
             stop,
         }
     }
@@ -106,6 +105,7 @@ impl LiveService {
             session: session.clone(),
             last_seq: after_seq,
             gap: None,
+            gap_wait: self.gap_wait,
             sender,
             stop: self.stop.clone(),
         };
@@ -140,6 +140,10 @@ struct Tail {
     last_seq: i64,
     /// The seq just past a gap, and when this stream first saw that gap.
     gap: Option<(i64, Instant)>,
+    /// How long a gap in seq may stay open before the stream moves past it, and how long
+    /// the stream keeps delivering after a close. Gaps come from replays and conflicts
+    /// (which use up a seq) and from appends still in flight; the wait covers the latter.
+    gap_wait: Duration,
     sender: mpsc::Sender<TailMessage>,
     stop: watch::Receiver<bool>,
 }
@@ -160,13 +164,13 @@ impl Tail {
                 Ok(Delivered::UpToGap(at) | Delivered::StoreFailed(at)) => Some(at),
             };
             if let Some(since) = closed_since {
-                if since.elapsed() >= SETTLE || is_old(session.updated_at) {
+                if since.elapsed() >= self.gap_wait || is_old(session.updated_at) {
                     match self.finish(&session, &subscription).await {
                         Ok(true) | Err(Gone) => return,
                         Ok(false) => wake = Some(Instant::now() + RETRY),
                     }
                 } else {
-                    wake = earliest(wake, Some(since + SETTLE));
+                    wake = earliest(wake, Some(since + self.gap_wait));
                 }
             }
             let mut stop = self.stop.clone();
@@ -236,7 +240,7 @@ impl Tail {
             for event in page.iter() {
                 if !past_gaps && event.seq != self.last_seq + 1 && !self.gap_settled(event) {
                     let since = self.gap.map_or_else(Instant::now, |(_, since)| since);
-                    return Ok(Delivered::UpToGap(since + SETTLE));
+                    return Ok(Delivered::UpToGap(since + self.gap_wait));
                 }
                 self.last_seq = event.seq;
                 self.gap = None;
@@ -254,7 +258,7 @@ impl Tail {
             return true;
         }
         match self.gap {
-            Some((seq, since)) if seq == event.seq => since.elapsed() >= SETTLE,
+            Some((seq, since)) if seq == event.seq => since.elapsed() >= self.gap_wait,
             _ => {
                 self.gap = Some((event.seq, Instant::now()));
                 false
@@ -424,6 +428,8 @@ mod tests {
     use crate::domain::{EventId, EventType, JsonObject, NewSession, SessionStatus};
     use crate::store::MemoryStore;
 
+    const GAP_WAIT: Duration = Duration::from_millis(500);
+
     /// The in-memory store, counting page reads and holding each read's answer, taken
     /// before the hold, while the gate is shut.
     struct Gated {
@@ -497,6 +503,7 @@ mod tests {
                 events,
                 Arc::clone(&feed),
                 100,
+                GAP_WAIT,
                 stopping,
             );
             Self {
@@ -524,15 +531,16 @@ mod tests {
                 last_seq,
                 gap: None,
                 sender,
+                gap_wait: GAP_WAIT,
                 stop: self.stop.subscribe(),
             };
             (tail, receiver)
         }
 
-        /// Starts a shared read after `after_seq` that the gate will hold.
-        fn held_read(&self, after_seq: i64) -> tokio::task::JoinHandle<SharedPage> {
+        /// Starts a shared read after `after_seq`, noting `appends`, that the gate will hold.
+        fn held_read(&self, after_seq: i64, appends: u64) -> tokio::task::JoinHandle<SharedPage> {
             let (reads, session) = (Arc::clone(&self.live.reads), self.session.clone());
-            tokio::spawn(async move { reads.after(&session, after_seq, true, 0).await })
+            tokio::spawn(async move { reads.after(&session, after_seq, true, appends).await })
         }
 
         async fn store_event(&self, seq: i64) {
@@ -608,7 +616,7 @@ mod tests {
         h.store_event(1).await;
         h.store_event(2).await;
         h.store.open.send_replace(false);
-        let (from_start, after_first) = (h.held_read(0), h.held_read(1));
+        let (from_start, after_first) = (h.held_read(0, 0), h.held_read(1, 0));
         settle().await;
         assert_eq!(h.reads(), 2);
         h.store.open.send_replace(true);
@@ -625,7 +633,7 @@ mod tests {
         let h = Harness::new().await;
         h.store.open.send_replace(false);
         // Under way, and blind to the event stored next.
-        let held = h.held_read(0);
+        let held = h.held_read(0, 0);
         settle().await;
         h.store_event(1).await;
         let session = SessionRepository::get(&*h.memory, &h.session)
@@ -648,13 +656,13 @@ mod tests {
         h.store_event(2).await;
         h.store.open.send_replace(false);
         // Under way, and blind to the event that fills the gap.
-        let held = h.held_read(0);
+        let held = h.held_read(0, 0);
         settle().await;
         h.store_event(1).await;
         let subscription = h.feed.subscribe(&h.session);
         let (mut tail, mut messages) = h.tail_after(0);
         tail.gap = Some((2, Instant::now()));
-        tokio::time::advance(SETTLE).await;
+        tokio::time::advance(GAP_WAIT).await;
         let deliver = tokio::spawn(async move { tail.deliver(false, &subscription).await });
         settle().await;
         h.store.open.send_replace(true);
@@ -690,5 +698,25 @@ mod tests {
         );
         assert_eq!(next_seq(&mut messages).await, Some(3));
         assert!(messages.try_recv().is_err(), "5 waits");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_at_a_void_gap_shares_reads() {
+        let h = Harness::new().await;
+        let subscription = h.feed.subscribe(&h.session);
+        h.store_event(2).await;
+        h.feed.voided(&h.session, &[1]);
+        h.store.open.send_replace(false);
+        let held = h.held_read(0, subscription.peek().appends);
+        settle().await;
+        let (mut tail, mut messages) = h.tail_after(0);
+        tail.gap = Some((2, Instant::now()));
+        let deliver = tokio::spawn(async move { tail.deliver(false, &subscription).await });
+        settle().await;
+        assert_eq!(h.reads(), 1, "the stream joined the read under way");
+        h.store.open.send_replace(true);
+        assert!(matches!(deliver.await.unwrap(), Ok(Delivered::All)));
+        assert_eq!(next_seq(&mut messages).await, Some(2));
+        assert_eq!(held.await.unwrap().unwrap().len(), 1);
     }
 }

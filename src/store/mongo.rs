@@ -38,6 +38,7 @@ const DUPLICATE_KEY: i32 = 11000;
 const INDEX_NOT_FOUND: i32 = 27;
 const INDEX_OPTIONS_CONFLICT: i32 = 85;
 const SEQ_INDEX: &str = "session_seq";
+const EVENT_ID_INDEX: &str = "session_event_id";
 
 /// Server error codes that mean "not now" rather than "never": elections, shutdowns,
 /// network trouble and operations that ran out of time.
@@ -213,11 +214,7 @@ impl MongoStore {
         };
         self.events
             .create_indexes([
-                index(
-                    doc! {"sessionId": 1, "eventId": 1},
-                    "session_event_id",
-                    true,
-                ),
+                index(doc! {"sessionId": 1, "eventId": 1}, EVENT_ID_INDEX, true),
                 index(doc! {"sessionId": 1, "seq": 1}, SEQ_INDEX, true),
                 index(
                     doc! {"sessionId": 1, "timestamp": 1, "seq": 1},
@@ -460,17 +457,35 @@ fn is_code(err: &MongoError, code: i32) -> bool {
     matches!(err.kind.as_ref(), ErrorKind::Command(e) if e.code == code)
 }
 
-/// A duplicate key on anything but the seq index, which only a store whose `lastSeq` went
-/// backwards could hit, and which must not pass for a replay.
-fn is_event_id_clash(code: i32, message: &str) -> bool {
-    code == DUPLICATE_KEY && !message.contains(SEQ_INDEX)
+/// The code and message of a failed write or command.
+fn write_error(err: &MongoError) -> Option<(i32, &str)> {
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Some((e.code, &e.message)),
+        ErrorKind::Command(e) => Some((e.code, &e.message)),
+        _ => None,
+    }
 }
 
+/// A duplicate key on anything but the seq index, which only a store whose `lastSeq` went
+/// backwards could hit, and which must not pass for a replay.
 fn is_duplicate_key(err: &MongoError) -> bool {
-    match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => is_event_id_clash(e.code, &e.message),
-        ErrorKind::Command(e) => is_event_id_clash(e.code, &e.message),
-        _ => false,
+    write_error(err)
+        .is_some_and(|(code, message)| code == DUPLICATE_KEY && !message.contains(SEQ_INDEX))
+}
+
+/// A duplicate key on the (sessionId, eventId) index: the eventId is taken, nothing was
+/// stored, and the event's seq stays empty. One on `_id` means this very document is
+/// stored already (a write retried unseen), so it must not pass for a replay.
+fn is_event_id_clash(code: i32, message: &str) -> bool {
+    code == DUPLICATE_KEY && message.contains(EVENT_ID_INDEX)
+}
+
+/// As [`classify`], for an event insert: only a duplicate eventId is a duplicate.
+fn classify_event_insert(err: MongoError) -> StoreError {
+    match write_error(&err).map(|(code, message)| (code, is_event_id_clash(code, message))) {
+        Some((_, true)) => StoreError::Duplicate,
+        Some((DUPLICATE_KEY, false)) => StoreError::Backend(Box::new(err)),
+        _ => classify(err),
     }
 }
 
@@ -706,7 +721,7 @@ impl EventRepository for MongoStore {
         self.events
             .insert_one(EventDoc::from_event(event))
             .await
-            .map_err(classify)?;
+            .map_err(classify_event_insert)?;
         Ok(())
     }
 

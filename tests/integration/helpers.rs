@@ -51,6 +51,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         log_format: LogFormat::Pretty,
         sse_heartbeat: Duration::from_secs(15),
         sse_max_streams: 1000,
+        sse_gap_wait: Duration::from_millis(500),
         api_keys: None,
         retention: None,
         shutdown_grace: Duration::from_secs(10),

@@ -32,6 +32,7 @@ fn help_lists_every_setting_with_its_environment_variable() {
         ("--shutdown-grace-secs", "SHUTDOWN_GRACE_SECS"),
         ("--sse-heartbeat-secs", "SSE_HEARTBEAT_SECS"),
         ("--sse-max-streams", "SSE_MAX_STREAMS"),
+        ("--sse-gap-wait-ms", "SSE_GAP_WAIT_MS"),
         ("--db-write-concern", "DB_WRITE_CONCERN"),
         ("--db-journal", "DB_JOURNAL"),
         ("--db-retry-writes", "DB_RETRY_WRITES"),
