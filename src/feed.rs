@@ -4,7 +4,7 @@
 //! lost, doubled or spurious wake-up can delay a message but never lose or repeat one.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,9 +36,7 @@ const VOIDS_KEPT: usize = 64;
 
 /// Per-session wake-up channels, shared by every stream of this instance.
 pub struct SessionFeed {
-    channels: Mutex<HashMap<SessionId, Channel>>,
-    /// Append wake-ups sent so far, for any session; changed under the `channels` lock.
-    appends: AtomicU64,
+    channels: Mutex<Channels>,
     /// Whether database change streams currently feed this instance (else it polls).
     change_streams: AtomicBool,
     /// How many sessions have a listening stream here, for whoever follows the database.
@@ -49,11 +47,17 @@ impl Default for SessionFeed {
     fn default() -> Self {
         Self {
             channels: Mutex::default(),
-            appends: AtomicU64::default(),
             change_streams: AtomicBool::default(),
             watched: watch::Sender::new(0),
         }
     }
+}
+
+/// The watched sessions' channels, and the append wake-ups sent so far for any session.
+#[derive(Default)]
+struct Channels {
+    by_session: HashMap<SessionId, Channel>,
+    appends: u64,
 }
 
 /// A watched session's wake-ups, and the seqs this instance knows will never be filled.
@@ -72,18 +76,17 @@ pub struct Subscription {
 impl SessionFeed {
     pub fn subscribe(self: &Arc<Self>, session: &SessionId) -> Subscription {
         let mut channels = self.lock();
+        let appends = channels.appends;
         let receiver = channels
+            .by_session
             .entry(session.clone())
-            .or_insert_with(|| {
-                let appends = self.appends.load(Ordering::Relaxed);
-                Channel {
-                    sender: watch::channel(Changes { appends, closes: 0 }).0,
-                    voids: VecDeque::new(),
-                }
+            .or_insert_with(|| Channel {
+                sender: watch::channel(Changes { appends, closes: 0 }).0,
+                voids: VecDeque::new(),
             })
             .sender
             .subscribe();
-        self.watched.send_replace(channels.len());
+        self.watched.send_replace(channels.by_session.len());
         Subscription {
             feed: Arc::clone(self),
             session: session.clone(),
@@ -93,7 +96,7 @@ impl SessionFeed {
 
     /// Events were appended to `session`.
     pub fn appended(&self, session: &SessionId) {
-        self.signal(Some(session), true, false);
+        self.lock().signal(Some(session), true, false);
     }
 
     /// The appends that reserved `seqs` in `session` stored nothing (their eventIds were
@@ -104,20 +107,20 @@ impl SessionFeed {
             return;
         }
         let mut channels = self.lock();
-        let Some(channel) = channels.get_mut(session) else {
+        let Some(channel) = channels.by_session.get_mut(session) else {
             return;
         };
         channel.voids.extend(seqs);
         let excess = channel.voids.len().saturating_sub(VOIDS_KEPT);
         channel.voids.drain(..excess);
         // Streams waiting at one of these gaps look again.
-        self.signal_locked(&channels, Some(session), true, false);
+        channels.signal(Some(session), true, false);
     }
 
     /// Whether every seq in `seqs` is known to be void in `session`.
     pub fn all_void(&self, session: &SessionId, mut seqs: std::ops::Range<i64>) -> bool {
         let channels = self.lock();
-        let voids = channels.get(session).map(|c| &c.voids);
+        let voids = channels.by_session.get(session).map(|c| &c.voids);
         seqs.all(|seq| voids.is_some_and(|v| v.contains(&seq)))
     }
 
@@ -125,16 +128,16 @@ impl SessionFeed {
     /// again, with seqs of its own.
     pub fn closed(&self, session: &SessionId) {
         let mut channels = self.lock();
-        if let Some(channel) = channels.get_mut(session) {
+        if let Some(channel) = channels.by_session.get_mut(session) {
             channel.voids.clear();
         }
-        self.signal_locked(&channels, Some(session), false, true);
+        channels.signal(Some(session), false, true);
     }
 
     /// Anything may have changed anywhere: after a gap in change notifications, or on each
     /// tick when the deployment offers no change notifications at all.
     pub fn everything_changed(&self) {
-        self.signal(None, true, true);
+        self.lock().signal(None, true, true);
     }
 
     pub fn set_change_streams(&self, active: bool) {
@@ -148,7 +151,7 @@ impl SessionFeed {
 
     /// Sessions with at least one listening stream on this instance.
     pub fn watched(&self) -> usize {
-        self.lock().len()
+        self.lock().by_session.len()
     }
 
     /// Resolves once a stream listens on this instance.
@@ -171,20 +174,22 @@ impl SessionFeed {
         }
     }
 
-    fn signal(&self, session: Option<&SessionId>, append: bool, close: bool) {
-        self.signal_locked(&self.lock(), session, append, close);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Channels> {
+        // The map holds no invariant a panic could break half-way: keep using it.
+        self.channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
 
-    /// As [`Self::signal`], under the lock the caller holds.
-    fn signal_locked(
-        &self,
-        channels: &HashMap<SessionId, Channel>,
-        session: Option<&SessionId>,
-        append: bool,
-        close: bool,
-    ) {
-        // Taken under the lock, so that every channel's value only ever rises.
-        let appends = append.then(|| self.appends.fetch_add(1, Ordering::Relaxed) + 1);
+impl Channels {
+    /// Bumps the counters of `session`'s channel, or of every channel. An append takes the
+    /// next feed-wide count, under the lock, so every channel's value only ever rises.
+    fn signal(&mut self, session: Option<&SessionId>, append: bool, close: bool) {
+        let appends = append.then(|| {
+            self.appends += 1;
+            self.appends
+        });
         let bump = |channel: &Channel| {
             channel.sender.send_modify(|c| {
                 if let Some(appends) = appends {
@@ -196,16 +201,9 @@ impl SessionFeed {
             });
         };
         match session {
-            Some(id) => channels.get(id).into_iter().for_each(bump),
-            None => channels.values().for_each(bump),
+            Some(id) => self.by_session.get(id).into_iter().for_each(bump),
+            None => self.by_session.values().for_each(bump),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Channel>> {
-        // The map holds no invariant a panic could break half-way: keep using it.
-        self.channels
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -244,11 +242,12 @@ impl Drop for Subscription {
         drop(self.receiver.take());
         let mut channels = self.feed.lock();
         if channels
+            .by_session
             .get(&self.session)
             .is_some_and(|channel| channel.sender.receiver_count() == 0)
         {
-            channels.remove(&self.session);
-            self.feed.watched.send_replace(channels.len());
+            channels.by_session.remove(&self.session);
+            self.feed.watched.send_replace(channels.by_session.len());
         }
     }
 }
