@@ -175,14 +175,13 @@ impl EventService {
             self.feed.appended(session);
         }
         // Each refused item's eventId was taken, and its seq is void.
-        let refused: Vec<&Event> = events
+        let (voided, clashes): (Vec<i64>, Vec<EventId>) = events
             .iter()
             .zip(&inserted)
-            .filter_map(|(e, stored)| (!stored).then_some(e))
-            .collect();
-        let voided: Vec<i64> = refused.iter().map(|e| e.seq).collect();
+            .filter(|(_, stored)| !**stored)
+            .map(|(e, _)| (e.seq, e.event_id.clone()))
+            .unzip();
         self.feed.voided(session, &voided);
-        let clashes: Vec<EventId> = refused.iter().map(|e| e.event_id.clone()).collect();
         let stored: HashMap<EventId, Event> = match clashes.is_empty() {
             true => HashMap::new(),
             false => self
