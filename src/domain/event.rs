@@ -68,6 +68,17 @@ pub struct Event {
 }
 
 impl Event {
+    /// The request this event was built from, when `stamped` says whether it carried its
+    /// own timestamp; the inverse of `NewEvent::into_event`.
+    pub fn into_request(self, stamped: bool) -> NewEvent {
+        NewEvent {
+            event_id: self.event_id,
+            event_type: self.event_type,
+            payload: self.payload,
+            timestamp: stamped.then_some(self.timestamp),
+        }
+    }
+
     pub fn position(&self) -> EventPosition {
         EventPosition {
             timestamp: self.timestamp,

@@ -8,13 +8,14 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{from_value, ApiJson, ApiPath, QueryParams};
+use super::extract::{from_raw, ApiJson, ApiPath, QueryParams};
 use super::openapi::{ErrorEnvelope, StreamMessage};
 use super::sessions::SortOrder;
 use super::written;
@@ -150,7 +151,7 @@ struct BatchBody {
     /// 1 to 500 events, each as in a single append. Kept as raw JSON so that one malformed
     /// item fails alone.
     #[schema(value_type = Vec<AppendEventBody>, min_items = 1, max_items = 500)]
-    events: Vec<Value>,
+    events: Vec<Box<RawValue>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -222,8 +223,8 @@ async fn append_batch(
     }
     let items: Vec<Result<NewEvent, ValidationError>> = body
         .events
-        .into_iter()
-        .map(|item| from_value::<AppendEventBody>(item).and_then(AppendEventBody::parse))
+        .iter()
+        .map(|item| from_raw::<AppendEventBody>(item).and_then(AppendEventBody::parse))
         .collect();
     let count = items.iter().filter(|item| item.is_ok()).count() as u64;
     let outcomes = match state.events.append_batch(&session, items).await {

@@ -5,6 +5,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
+use serde_json::value::RawValue;
 
 use super::error::ApiError;
 use crate::domain::ValidationError;
@@ -103,9 +104,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// Reads an already parsed JSON value into `T`, naming the field of the first mismatch.
-pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ValidationError> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
+/// Reads one item of an already parsed body into `T`, naming the field of the first mismatch.
+pub fn from_raw<T: DeserializeOwned>(raw: &RawValue) -> Result<T, ValidationError> {
+    // As in `parse_json`: the path is tracked only once the plain parse has failed.
+    if let Ok(value) = serde_json::from_str(raw.get()) {
+        return Ok(value);
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let message = strip_position(&err.into_inner().to_string());
         ValidationError::new(field_of(&path, &message), message)

@@ -146,8 +146,8 @@ impl EventService {
         session: &SessionId,
         items: Vec<Result<NewEvent, ValidationError>>,
     ) -> Result<Vec<BatchItem>, ServiceError> {
-        let valid: Vec<&NewEvent> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
-        if valid.is_empty() {
+        let count = items.iter().filter(|item| item.is_ok()).count();
+        if count == 0 {
             self.require_open(session).await?;
             return Ok(items
                 .into_iter()
@@ -155,19 +155,28 @@ impl EventService {
                 .map(BatchItem::Invalid)
                 .collect());
         }
-        let count = u32::try_from(valid.len()).unwrap_or(u32::MAX);
         let reserved = self
             .sessions
-            .reserve_seqs(session, count, Timestamp::now())
+            .reserve_seqs(
+                session,
+                u32::try_from(count).unwrap_or(u32::MAX),
+                Timestamp::now(),
+            )
             .await?;
         let Some(slot) = reserved else {
             return Err(self.refusal(session).await);
         };
-        let events: Vec<Event> = (slot.first_seq..)
-            .zip(valid)
-            .map(|(seq, new)| {
-                new.clone()
-                    .into_event(session.clone(), seq, slot.received_at)
+        // Each valid item becomes its event, in order; `stamped` keeps whether it carried a
+        // timestamp, which a refused item's comparison with the stored event needs.
+        let (mut events, mut stamped) = (Vec::with_capacity(count), Vec::with_capacity(count));
+        let items: Vec<Result<(), ValidationError>> = items
+            .into_iter()
+            .map(|item| {
+                item.map(|new| {
+                    let seq = slot.first_seq + events.len() as i64;
+                    stamped.push(new.timestamp.is_some());
+                    events.push(new.into_event(session.clone(), seq, slot.received_at));
+                })
             })
             .collect();
         let inserted = self.events.insert_many(&events).await?;
@@ -192,18 +201,21 @@ impl EventService {
                 .map(|e| (e.event_id.clone(), e))
                 .collect(),
         };
-        let mut accepted = events.into_iter().zip(inserted);
+        let mut accepted = events.into_iter().zip(stamped).zip(inserted);
         items
             .into_iter()
             .map(|item| match item {
                 Err(invalid) => Ok(BatchItem::Invalid(invalid)),
-                Ok(new) => match accepted.next() {
-                    Some((event, true)) => Ok(BatchItem::Created(event)),
-                    Some((_, false)) => match stored.get(&new.event_id) {
-                        Some(s) if new.matches(s) => Ok(BatchItem::Existing(s.clone())),
-                        Some(s) => Ok(BatchItem::Conflict(s.clone())),
-                        None => Err(vanished()),
-                    },
+                Ok(()) => match accepted.next() {
+                    Some(((event, _), true)) => Ok(BatchItem::Created(event)),
+                    Some(((event, stamped), false)) => {
+                        let new = event.into_request(stamped);
+                        match stored.get(&new.event_id) {
+                            Some(s) if new.matches(s) => Ok(BatchItem::Existing(s.clone())),
+                            Some(s) => Ok(BatchItem::Conflict(s.clone())),
+                            None => Err(vanished()),
+                        }
+                    }
                     None => Err(vanished()),
                 },
             })

@@ -5,6 +5,7 @@ use crate::helpers::{assert_error, on_both_stores, TestApp};
 
 on_both_stores!(
     batch_judges_new_replayed_conflicting_and_invalid_items_one_by_one,
+    batch_retry_compares_the_timestamp_only_when_it_carries_one,
     batch_seqs_rise_in_request_order,
     batch_holds_1_to_500_events,
     batch_to_a_missing_or_closed_session_fails_whole,
@@ -63,6 +64,26 @@ async fn batch_judges_new_replayed_conflicting_and_invalid_items_one_by_one(app:
     assert_eq!(ids, ["new-a", "new-b", "old"]);
     let (_, read) = app.get("/sessions/b1/events/new-a").await;
     assert_eq!(read, results[0]["event"]);
+}
+
+async fn batch_retry_compares_the_timestamp_only_when_it_carries_one(app: TestApp) {
+    app.create_session("b-ts").await;
+    let stored = app
+        .append(
+            "b-ts",
+            json!({"eventId": "t", "type": "system", "timestamp": "2026-11-26T08:00:00Z"}),
+        )
+        .await;
+    let batch = json!({"events": [
+        {"eventId": "t", "type": "system"},
+        {"eventId": "t", "type": "system", "timestamp": "2026-11-26T08:00:00Z"},
+        {"eventId": "t", "type": "system", "timestamp": "2026-11-26T08:00:01Z"},
+    ]});
+    let (status, body) = app.post("/sessions/b-ts/events:batch", &batch).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(statuses(&body), [200, 200, 409]);
+    assert_eq!(body["results"][0]["event"], stored);
+    assert_eq!(body["results"][2]["error"]["details"]["event"], stored);
 }
 
 async fn batch_seqs_rise_in_request_order(app: TestApp) {
