@@ -92,9 +92,8 @@ impl EventService {
         let Some(slot) = reserved else {
             return self.append_to_unavailable_session(session, &new).await;
         };
-        let event = new
-            .clone()
-            .into_event(session.clone(), slot.first_seq, slot.received_at);
+        let stamped = new.timestamp.is_some();
+        let event = new.into_event(session.clone(), slot.first_seq, slot.received_at);
         match self.events.insert(&event).await {
             Ok(()) => {
                 self.feed.appended(session);
@@ -102,7 +101,7 @@ impl EventService {
             }
             Err(StoreError::Duplicate) => {
                 self.feed.voided(session, &[event.seq]);
-                self.replay(session, &new).await
+                self.replay(session, &event.into_request(stamped)).await
             }
             Err(e) => Err(e.into()),
         }
