@@ -7,8 +7,14 @@ use crate::domain::{
 };
 use crate::feed::SessionFeed;
 use crate::store::{
-    EventFilter, EventPageQuery, EventRepository, PageStart, SessionRepository, StoreError,
+    EventFilter, EventPageQuery, EventRepository, Inserted, PageStart, SessionRepository,
+    StoreError,
 };
+
+/// How many reservations an append makes before it gives up on seqs held by events that
+/// appends in flight stored after an erase (see DESIGN.md, "Erasure and retention"): each
+/// such event costs one; more than a few are a broken `lastSeq`, not a race.
+const SEQ_ATTEMPTS: u32 = 16;
 
 /// Where a requested page starts, as the client asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,25 +91,38 @@ impl EventService {
         session: &SessionId,
         new: NewEvent,
     ) -> Result<Written<Event>, ServiceError> {
-        let reserved = self
-            .sessions
-            .reserve_seqs(session, 1, Timestamp::now())
-            .await?;
-        let Some(slot) = reserved else {
-            return self.append_to_unavailable_session(session, &new).await;
-        };
         let stamped = new.timestamp.is_some();
-        let event = new.into_event(session.clone(), slot.first_seq, slot.received_at);
-        match self.events.insert(&event).await {
-            Ok(()) => {
-                self.feed.appended(session);
-                Ok(Written::Created(event))
+        let mut new = new;
+        for _attempt in 0..SEQ_ATTEMPTS {
+            let reserved = self
+                .sessions
+                .reserve_seqs(session, 1, Timestamp::now())
+                .await?;
+            let Some(slot) = reserved else {
+                return self.append_to_unavailable_session(session, &new).await;
+            };
+            let event = new.into_event(session.clone(), slot.first_seq, slot.received_at);
+            match self.events.insert(&event).await {
+                Ok(()) => {
+                    self.feed.appended(session);
+                    return Ok(Written::Created(event));
+                }
+                Err(StoreError::Duplicate) => {
+                    self.feed.voided(session, &[event.seq]);
+                    return self.replay(session, &event.into_request(stamped)).await;
+                }
+                Err(StoreError::SeqTaken) => new = event.into_request(stamped),
+                Err(e) => return Err(self.insert_failure(session, e)),
             }
-            Err(StoreError::Duplicate) => {
-                self.feed.voided(session, &[event.seq]);
-                self.replay(session, &event.into_request(stamped)).await
-            }
-            Err(e) => Err(e.into()),
+        }
+        Err(seqs_kept_taken())
+    }
+
+    /// An insert that failed: a session erased since the reservation is not found.
+    fn insert_failure(&self, session: &SessionId, err: StoreError) -> ServiceError {
+        match err {
+            StoreError::SessionGone => ServiceError::SessionNotFound(session.clone()),
+            other => other.into(),
         }
     }
 
@@ -178,15 +197,53 @@ impl EventService {
                 })
             })
             .collect();
-        let inserted = self.events.insert_many(&events).await?;
-        if inserted.contains(&true) {
+        let mut inserted = self
+            .events
+            .insert_many(&events)
+            .await
+            .map_err(|e| self.insert_failure(session, e))?;
+        // Items whose seq an erased session's leftover holds take new seqs, and are tried again.
+        for attempt in 1.. {
+            let taken: Vec<usize> = (0..events.len())
+                .filter(|&i| inserted[i] == Inserted::SeqTaken)
+                .collect();
+            if taken.is_empty() {
+                break;
+            }
+            if attempt == SEQ_ATTEMPTS {
+                return Err(seqs_kept_taken());
+            }
+            let reserved = self
+                .sessions
+                .reserve_seqs(session, taken.len() as u32, Timestamp::now())
+                .await?;
+            let Some(slot) = reserved else {
+                return Err(self.refusal(session).await);
+            };
+            let retried: Vec<Event> = (slot.first_seq..)
+                .zip(&taken)
+                .map(|(seq, &i)| {
+                    let new = events[i].clone().into_request(stamped[i]);
+                    new.into_event(session.clone(), seq, slot.received_at)
+                })
+                .collect();
+            let again = self
+                .events
+                .insert_many(&retried)
+                .await
+                .map_err(|e| self.insert_failure(session, e))?;
+            for ((i, event), outcome) in taken.into_iter().zip(retried).zip(again) {
+                (events[i], inserted[i]) = (event, outcome);
+            }
+        }
+        if inserted.contains(&Inserted::Stored) {
             self.feed.appended(session);
         }
         // Each refused item's eventId was taken, and its seq is void.
         let (voided, clashes): (Vec<i64>, Vec<EventId>) = events
             .iter()
             .zip(&inserted)
-            .filter(|(_, stored)| !**stored)
+            .filter(|(_, outcome)| **outcome == Inserted::EventIdTaken)
             .map(|(e, _)| (e.seq, e.event_id.clone()))
             .unzip();
         self.feed.voided(session, &voided);
@@ -206,8 +263,8 @@ impl EventService {
             .map(|item| match item {
                 Err(invalid) => Ok(BatchItem::Invalid(invalid)),
                 Ok(()) => match accepted.next() {
-                    Some(((event, _), true)) => Ok(BatchItem::Created(event)),
-                    Some(((event, stamped), false)) => {
+                    Some(((event, _), Inserted::Stored)) => Ok(BatchItem::Created(event)),
+                    Some(((event, stamped), _)) => {
                         let new = event.into_request(stamped);
                         match stored.get(&new.event_id) {
                             Some(s) if new.matches(s) => Ok(BatchItem::Existing(s.clone())),
@@ -290,6 +347,10 @@ impl EventService {
     }
 }
 
+fn seqs_kept_taken() -> ServiceError {
+    StoreError::Backend(format!("{SEQ_ATTEMPTS} reserved seqs in a row were taken").into()).into()
+}
+
 /// The duplicate-key error proved the event exists; not finding it means it was erased in
 /// between.
 fn vanished() -> ServiceError {
@@ -301,5 +362,117 @@ fn compare(new: &NewEvent, stored: Event) -> Result<Written<Event>, ServiceError
         Ok(Written::Existing(stored))
     } else {
         Err(ServiceError::EventConflict(Box::new(stored)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::domain::{EventType, JsonObject};
+    use crate::service::testing::open_session;
+    use crate::store::MemoryStore;
+
+    fn new_event(id: &str) -> NewEvent {
+        NewEvent {
+            event_id: EventId::parse(id).unwrap(),
+            event_type: EventType::parse("system".to_owned()).unwrap(),
+            payload: JsonObject::default(),
+            timestamp: None,
+        }
+    }
+
+    fn service(memory: &Arc<MemoryStore>, events: Arc<dyn EventRepository>) -> EventService {
+        EventService::new(
+            Arc::clone(memory) as _,
+            events,
+            Arc::new(SessionFeed::default()),
+        )
+    }
+
+    fn seq_of(item: &BatchItem) -> i64 {
+        match item {
+            BatchItem::Created(e) => e.seq,
+            other => panic!("not created: {other:?}"),
+        }
+    }
+
+    /// Events that appends in flight stored after an erase, under the id's new session,
+    /// hold seqs that the new session hands out again: appends pass them.
+    #[tokio::test]
+    async fn appends_pass_seqs_that_events_left_by_an_erase_hold() {
+        let memory = Arc::new(MemoryStore::default());
+        let session = open_session(&memory).await;
+        for seq in [1, 2, 5] {
+            let left = new_event(&format!("left-{seq}")).into_event(
+                session.clone(),
+                seq,
+                Timestamp::now(),
+            );
+            memory.insert(&left).await.unwrap();
+        }
+        let events = service(&memory, Arc::clone(&memory) as _);
+        match events.append(&session, new_event("e")).await.unwrap() {
+            Written::Created(e) => assert_eq!(e.seq, 3),
+            Written::Existing(e) => panic!("a replay: {e:?}"),
+        }
+        let batch = vec![Ok(new_event("a")), Ok(new_event("b"))];
+        let items = events.append_batch(&session, batch).await.unwrap();
+        assert_eq!(items.iter().map(seq_of).collect::<Vec<_>>(), [4, 6]);
+    }
+
+    /// The in-memory store, with the session erased between an append's reservation and
+    /// its insert.
+    struct ErasedBeforeInsert(Arc<MemoryStore>);
+
+    impl ErasedBeforeInsert {
+        async fn erase(&self, session: &SessionId) {
+            assert!(SessionRepository::delete(&*self.0, session).await.unwrap());
+        }
+    }
+
+    #[async_trait]
+    impl EventRepository for ErasedBeforeInsert {
+        async fn insert(&self, event: &Event) -> Result<(), StoreError> {
+            self.erase(&event.session_id).await;
+            self.0.insert(event).await
+        }
+        async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError> {
+            self.erase(&events[0].session_id).await;
+            self.0.insert_many(events).await
+        }
+        async fn get(&self, s: &SessionId, e: &EventId) -> Result<Option<Event>, StoreError> {
+            EventRepository::get(&*self.0, s, e).await
+        }
+        async fn delete_session_events(&self, s: &SessionId) -> Result<u64, StoreError> {
+            self.0.delete_session_events(s).await
+        }
+        async fn get_many(&self, s: &SessionId, ids: &[EventId]) -> Result<Vec<Event>, StoreError> {
+            self.0.get_many(s, ids).await
+        }
+        async fn page(&self, s: &SessionId, q: &EventPageQuery) -> Result<Vec<Event>, StoreError> {
+            self.0.page(s, q).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_append_whose_session_is_erased_before_its_insert_finds_no_session() {
+        let memory = Arc::new(MemoryStore::default());
+        let session = open_session(&memory).await;
+        let events = service(&memory, Arc::new(ErasedBeforeInsert(Arc::clone(&memory))));
+        let single = events.append(&session, new_event("e")).await;
+        assert!(
+            matches!(single, Err(ServiceError::SessionNotFound(_))),
+            "{single:?}"
+        );
+        let session = open_session(&memory).await;
+        let batch = events
+            .append_batch(&session, vec![Ok(new_event("a"))])
+            .await;
+        assert!(
+            matches!(batch, Err(ServiceError::SessionNotFound(_))),
+            "{batch:?}"
+        );
     }
 }

@@ -425,8 +425,9 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::domain::{EventId, EventType, JsonObject, NewSession, SessionStatus};
-    use crate::store::MemoryStore;
+    use crate::domain::{EventId, EventType, JsonObject};
+    use crate::service::testing::open_session;
+    use crate::store::{Inserted, MemoryStore};
 
     const GAP_WAIT: Duration = Duration::from_millis(500);
 
@@ -444,7 +445,7 @@ mod tests {
         async fn insert(&self, event: &Event) -> Result<(), StoreError> {
             self.inner.insert(event).await
         }
-        async fn insert_many(&self, events: &[Event]) -> Result<Vec<bool>, StoreError> {
+        async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError> {
             self.inner.insert_many(events).await
         }
         async fn get(&self, s: &SessionId, e: &EventId) -> Result<Option<Event>, StoreError> {
@@ -480,15 +481,7 @@ mod tests {
     impl Harness {
         async fn new() -> Self {
             let memory = Arc::new(MemoryStore::default());
-            let session = SessionId::parse("call-1").unwrap();
-            let new = NewSession {
-                session_id: session.clone(),
-                language: None,
-                metadata: JsonObject::default(),
-                status: SessionStatus::Active,
-                started_at: None,
-            };
-            memory.create(new, Timestamp::now()).await.unwrap();
+            let session = open_session(&memory).await;
             let store = Arc::new(Gated {
                 inner: Arc::clone(&memory),
                 reads: AtomicUsize::new(0),

@@ -3,6 +3,8 @@
 mod event;
 mod live;
 mod session;
+#[cfg(test)]
+mod testing;
 
 pub use event::{EventService, PagePosition, PageRequest};
 pub use live::{LiveService, TailMessage};

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_trait::async_trait;
 
 use super::{
-    CreateOutcome, EventPageQuery, EventRepository, PageStart, Reservation, SessionPageQuery,
-    SessionRepository, StoreError,
+    CreateOutcome, EventPageQuery, EventRepository, Inserted, PageStart, Reservation,
+    SessionPageQuery, SessionRepository, StoreError,
 };
 use crate::domain::{
     Event, EventId, EventPosition, FinalStatus, NewSession, Order, Session, SessionId,
@@ -33,15 +33,18 @@ struct SessionEntry {
 
 impl SessionEntry {
     /// Stores the event unless its id is taken; the unique index of the in-memory store.
-    fn insert(&mut self, event: &Event) -> bool {
+    fn insert(&mut self, event: &Event) -> Inserted {
         if self.by_id.contains_key(&event.event_id) {
-            return false;
+            return Inserted::EventIdTaken;
+        }
+        if self.by_seq.contains_key(&event.seq) {
+            return Inserted::SeqTaken;
         }
         let event = Arc::new(event.clone());
         self.timeline.insert(event.position(), Arc::clone(&event));
         self.by_seq.insert(event.seq, Arc::clone(&event));
         self.by_id.insert(event.event_id.clone(), event);
-        true
+        Inserted::Stored
     }
 }
 
@@ -213,19 +216,20 @@ impl EventRepository for MemoryStore {
             .await?
             .as_slice()
         {
-            [true] => Ok(()),
+            [Inserted::Stored] => Ok(()),
+            [Inserted::SeqTaken] => Err(StoreError::SeqTaken),
             _ => Err(StoreError::Duplicate),
         }
     }
 
-    async fn insert_many(&self, events: &[Event]) -> Result<Vec<bool>, StoreError> {
+    async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError> {
         let Some(first) = events.first() else {
             return Ok(Vec::new());
         };
         let inserted = self.with_entry(&first.session_id, |e| {
             events.iter().map(|event| e.insert(event)).collect()
         })?;
-        inserted.ok_or_else(|| StoreError::Backend("events for an unknown session".into()))
+        inserted.ok_or(StoreError::SessionGone)
     }
 
     async fn delete_session_events(&self, session: &SessionId) -> Result<u64, StoreError> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    CreateOutcome, EventPageQuery, EventRepository, Reservation, SessionPageQuery,
+    CreateOutcome, EventPageQuery, EventRepository, Inserted, Reservation, SessionPageQuery,
     SessionRepository, StoreError,
 };
 use crate::domain::{Event, EventId, FinalStatus, NewSession, Session, SessionId, Timestamp};
@@ -50,8 +50,11 @@ impl<S> Metered<S> {
                 ))
             }),
         };
-        // A duplicate key is an answer, not a failure.
-        let ok = matches!(result, Ok(_) | Err(StoreError::Duplicate));
+        // A taken key or a vanished session is an answer, not a failure.
+        let ok = matches!(
+            result,
+            Ok(_) | Err(StoreError::Duplicate | StoreError::SeqTaken | StoreError::SessionGone)
+        );
         self.metrics
             .store_operation(operation, ok, started.elapsed());
         result
@@ -108,7 +111,7 @@ impl<S: EventRepository> EventRepository for Metered<S> {
         self.timed("insert_event", self.inner.insert(event)).await
     }
 
-    async fn insert_many(&self, events: &[Event]) -> Result<Vec<bool>, StoreError> {
+    async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError> {
         self.timed("insert_events", self.inner.insert_many(events))
             .await
     }

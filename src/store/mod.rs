@@ -29,12 +29,31 @@ pub enum StoreError {
     /// A unique key already holds another document.
     #[error("duplicate key")]
     Duplicate,
+    /// The event's seq is held by another event of the session: one that an append in
+    /// flight stored after the session was erased (see DESIGN.md, "Erasure and retention").
+    /// Nothing was stored; the event needs another seq.
+    #[error("the seq is taken")]
+    SeqTaken,
+    /// The session was erased while the event was on its way (the in-memory store, which
+    /// keeps a session's events inside its entry).
+    #[error("the session is gone")]
+    SessionGone,
     /// The database cannot be reached or did not answer in time; worth retrying.
     #[error("the store is unavailable")]
     Unavailable(#[source] BoxError),
     /// Anything else: a bug or a broken database.
     #[error("the store failed")]
     Backend(#[source] BoxError),
+}
+
+/// What became of one event of [`EventRepository::insert_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Stored,
+    /// Its eventId is taken: nothing was stored, and its seq stays empty.
+    EventIdTaken,
+    /// As [`StoreError::SeqTaken`].
+    SeqTaken,
 }
 
 /// The result of an idempotent create.
@@ -183,13 +202,14 @@ pub trait SessionRepository: Send + Sync {
 /// Events, unique by (sessionId, eventId).
 #[async_trait]
 pub trait EventRepository: Send + Sync {
-    /// Stores the event, or fails with [`StoreError::Duplicate`] when its eventId is taken.
+    /// Stores the event, or fails with [`StoreError::Duplicate`] when its eventId is taken,
+    /// [`StoreError::SeqTaken`] when its seq is.
     async fn insert(&self, event: &Event) -> Result<(), StoreError>;
 
-    /// Stores what it can of `events` in one bulk write. For each event, in order: `true`
-    /// when stored, `false` when its eventId was taken (by an earlier event of the same call
-    /// too). Any other failure fails the call; some events may then be stored already.
-    async fn insert_many(&self, events: &[Event]) -> Result<Vec<bool>, StoreError>;
+    /// Stores what it can of `events` in one bulk write, and tells what became of each, in
+    /// order. An eventId or seq taken by an earlier event of the same call counts as taken.
+    /// Any other failure fails the call; some events may then be stored already.
+    async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError>;
 
     async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError>;
 

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::bson_json::{document_to_object, object_to_document};
 use super::{
-    CreateOutcome, EventFilter, EventPageQuery, EventRepository, PageStart, Reservation,
+    CreateOutcome, EventFilter, EventPageQuery, EventRepository, Inserted, PageStart, Reservation,
     SessionPageQuery, SessionRepository, StoreError,
 };
 use crate::domain::{
@@ -466,25 +466,41 @@ fn write_error(err: &MongoError) -> Option<(i32, &str)> {
     }
 }
 
-/// A duplicate key on anything but the seq index, which only a store whose `lastSeq` went
-/// backwards could hit, and which must not pass for a replay.
+/// A duplicate key on anything but the seq index, which must not pass for a replay (event
+/// inserts tell theirs apart in [`classify_event_insert`]).
 fn is_duplicate_key(err: &MongoError) -> bool {
     write_error(err)
-        .is_some_and(|(code, message)| code == DUPLICATE_KEY && !message.contains(SEQ_INDEX))
+        .is_some_and(|(code, message)| code == DUPLICATE_KEY && !names_index(message, SEQ_INDEX))
 }
 
-/// A duplicate key on the (sessionId, eventId) index: the eventId is taken, nothing was
-/// stored, and the event's seq stays empty. One on `_id` means this very document is
-/// stored already (a write retried unseen), so it must not pass for a replay.
-fn is_event_id_clash(code: i32, message: &str) -> bool {
-    code == DUPLICATE_KEY && message.contains(EVENT_ID_INDEX)
+/// Whether a duplicate-key message names `index` as the one that refused the write
+/// ("... index: session_seq dup key: { ... }"); the key's values, which follow, could
+/// contain any index's name.
+fn names_index(message: &str, index: &str) -> bool {
+    message
+        .split_once(" dup key")
+        .is_some_and(|(head, _)| head.ends_with(&format!("index: {index}")))
 }
 
-/// As [`classify`], for an event insert: only a duplicate eventId is a duplicate.
+/// What a write error of an event insert means, if it is a taken key the service can act
+/// on. A duplicate on the (sessionId, eventId) index: the eventId is taken, nothing was
+/// stored, and the event's seq stays empty. One on (sessionId, seq): an event left behind
+/// by an erased session holds the seq. One on `_id` means this very document is stored
+/// already (a write retried unseen), so it must not pass for either.
+fn taken_key(code: i32, message: &str) -> Option<Inserted> {
+    match code == DUPLICATE_KEY {
+        true if names_index(message, EVENT_ID_INDEX) => Some(Inserted::EventIdTaken),
+        true if names_index(message, SEQ_INDEX) => Some(Inserted::SeqTaken),
+        _ => None,
+    }
+}
+
+/// As [`classify`], for an event insert: only a taken eventId or seq is an answer.
 fn classify_event_insert(err: MongoError) -> StoreError {
-    match write_error(&err).map(|(code, message)| (code, is_event_id_clash(code, message))) {
-        Some((_, true)) => StoreError::Duplicate,
-        Some((DUPLICATE_KEY, false)) => StoreError::Backend(Box::new(err)),
+    match write_error(&err).map(|(code, message)| (code, taken_key(code, message))) {
+        Some((_, Some(Inserted::EventIdTaken))) => StoreError::Duplicate,
+        Some((_, Some(_))) => StoreError::SeqTaken,
+        Some((DUPLICATE_KEY, None)) => StoreError::Backend(Box::new(err)),
         _ => classify(err),
     }
 }
@@ -725,13 +741,13 @@ impl EventRepository for MongoStore {
         Ok(())
     }
 
-    async fn insert_many(&self, events: &[Event]) -> Result<Vec<bool>, StoreError> {
-        let mut inserted = vec![true; events.len()];
+    async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError> {
+        let mut inserted = vec![Inserted::Stored; events.len()];
         if events.is_empty() {
             return Ok(inserted);
         }
         let docs = events.iter().map(EventDoc::from_event);
-        // Unordered: every event is tried, and each duplicate comes back with its index.
+        // Unordered: every event is tried, and each taken key comes back with its index.
         let Err(err) = self.events.insert_many(docs).ordered(false).await else {
             return Ok(inserted);
         };
@@ -743,12 +759,13 @@ impl EventRepository for MongoStore {
         else {
             return Err(classify(err));
         };
-        if !errors.iter().all(|w| is_event_id_clash(w.code, &w.message)) {
-            return Err(classify(err));
-        }
-        for clash in errors {
-            if let Some(slot) = inserted.get_mut(clash.index) {
-                *slot = false;
+        for error in errors {
+            match (
+                taken_key(error.code, &error.message),
+                inserted.get_mut(error.index),
+            ) {
+                (Some(taken), Some(slot)) => *slot = taken,
+                _ => return Err(classify(err)),
             }
         }
         Ok(inserted)
@@ -940,4 +957,30 @@ fn session_filter(query: &SessionPageQuery) -> Document {
     tied.insert("startedAt", tied_range);
     tied.insert("_id", doc! {op: id.as_str()});
     doc! {"$or": [later, tied]}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_key_is_read_from_the_index_name_not_from_the_key_values() {
+        // MongoDB's duplicate-key message: the refusing index, then the key's values.
+        let message = |index: &str| {
+            format!(
+                "E11000 duplicate key error collection: app.events index: {index} dup key: \
+                 {{ sessionId: \"index: session_event_id\", eventId: \"session_seq\" }}"
+            )
+        };
+        assert_eq!(
+            taken_key(DUPLICATE_KEY, &message(EVENT_ID_INDEX)),
+            Some(Inserted::EventIdTaken)
+        );
+        assert_eq!(
+            taken_key(DUPLICATE_KEY, &message(SEQ_INDEX)),
+            Some(Inserted::SeqTaken)
+        );
+        assert_eq!(taken_key(DUPLICATE_KEY, &message("_id_")), None);
+        assert_eq!(taken_key(2, &message(SEQ_INDEX)), None);
+    }
 }

@@ -8,7 +8,7 @@ use conversation_sessions::domain::{
     SessionId, SessionStatus, Timestamp,
 };
 use conversation_sessions::store::{
-    CreateOutcome, EventFilter, EventPageQuery, EventRepository, MongoStore, PageStart,
+    CreateOutcome, EventFilter, EventPageQuery, EventRepository, Inserted, MongoStore, PageStart,
     SessionFilter, SessionPageQuery, SessionRepository, StoreError,
 };
 use serde_json::json;
@@ -45,6 +45,7 @@ contract!(
     reserve_seq_refuses_missing_and_closed_sessions,
     close_ends_at_or_after_every_reservation_and_only_once,
     insert_refuses_a_second_event_with_the_same_id,
+    insert_tells_a_taken_seq_from_a_taken_event_id,
     events_are_scoped_to_their_session,
     pages_order_by_timestamp_then_seq_in_both_directions,
     pages_apply_type_and_time_filters_with_cursors,
@@ -211,6 +212,41 @@ async fn insert_refuses_a_second_event_with_the_same_id(store: Arc<impl Store>) 
     let e1 = EventId::parse("e1").unwrap();
     let stored = EventRepository::get(&*store, &sid("a"), &e1).await.unwrap();
     assert_eq!(stored, Some(original));
+}
+
+/// An event that holds a seq the session hands out again (one stored after its session was
+/// erased, under the same id) makes an insert at that seq fail as `SeqTaken`, storing nothing.
+async fn insert_tells_a_taken_seq_from_a_taken_event_id(store: Arc<impl Store>) {
+    store
+        .create(new_session("a", "x"), Timestamp::from_millis(1))
+        .await
+        .unwrap();
+    let left = event("a", "left", 10, 1);
+    store.insert(&left).await.unwrap();
+    assert!(matches!(
+        store.insert(&event("a", "new", 10, 1)).await,
+        Err(StoreError::SeqTaken)
+    ));
+    let outcomes = store
+        .insert_many(&[
+            event("a", "b1", 10, 1),
+            event("a", "b2", 10, 2),
+            event("a", "left", 10, 3),
+            event("a", "b3", 10, 2),
+        ])
+        .await
+        .unwrap();
+    use Inserted::{EventIdTaken, SeqTaken, Stored};
+    assert_eq!(outcomes, [SeqTaken, Stored, EventIdTaken, SeqTaken]);
+    let all = EventPageQuery {
+        order: Order::Asc,
+        start: PageStart::First,
+        filter: EventFilter::default(),
+        limit: 10,
+    };
+    let page = store.page(&sid("a"), &all).await.unwrap();
+    let ids: Vec<&str> = page.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["left", "b2"]);
 }
 
 async fn events_are_scoped_to_their_session(store: Arc<impl Store>) {
