@@ -228,8 +228,9 @@ struct ConnectionLimits {
 /// Accepts connections until `shutdown`, then waits for the open ones to finish.
 ///
 /// Like `axum::serve`, with two guards it lacks: a connection must deliver each request's
-/// headers within `header_read_timeout` (slowloris clients are cut off), and at most
-/// `max_connections` are open at once (one more is closed as soon as it is accepted).
+/// headers within `header_read_timeout` (slowloris clients, and clients that send nothing
+/// at all, are cut off), and at most `max_connections` are open at once (one more is
+/// closed as soon as it is accepted).
 async fn serve(
     listener: TcpListener,
     router: Router,
@@ -237,6 +238,8 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
+    let closing = watch::Sender::new(false);
+    let first_byte = limits.header_read_timeout;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut builder = ConnectionBuilder::new(TokioExecutor::new());
     builder
@@ -266,17 +269,32 @@ async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
+        let mut closing = closing.subscribe();
         tokio::spawn(async move {
-            let _ = connection.await;
+            // hyper times the headers only once it has read enough to tell HTTP/1 from
+            // HTTP/2: a client that sends nothing would hold its slot for good.
+            // (`readable` may wake without data; `peek` waits for a byte, or the end.)
+            let mut byte = [0u8; 1];
+            tokio::select! {
+                peeked = tokio::time::timeout(first_byte, stream.peek(&mut byte)) => {
+                    if !matches!(peeked, Ok(Ok(1))) {
+                        return;
+                    }
+                }
+                _ = closing.changed() => return,
+            }
+            let service = TowerToHyperService::new(router);
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let _ = watcher.watch(connection).await;
             drop(slot);
         });
     }
     drop(listener);
+    // Connections still waiting for their first byte are dropped, not waited for.
+    let _ = closing.send(true);
     graceful.shutdown().await;
 }
 

@@ -74,6 +74,33 @@ mod memory_only {
         assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
     }
 
+    /// A connection that never sends a byte (a client gone quiet, a proxy that opens
+    /// connections ahead of need) is closed like a slow one, and its slot is freed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_connections_are_closed_and_free_their_slots() {
+        let app = spawn_app_with(Backend::Memory, |c| {
+            c.header_read_timeout = Duration::from_secs(1);
+            c.max_connections = 3;
+        })
+        .await;
+        let mut silent = Vec::new();
+        for _ in 0..3 {
+            silent.push(TcpStream::connect(address(&app)).await.unwrap());
+        }
+        let started = Instant::now();
+        for stream in &mut silent {
+            let (reply, closed) = read_until_closed(stream, Duration::from_secs(5)).await;
+            assert!(closed && reply.is_empty(), "still open: {reply}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        let (status, _) = app.get("/healthz").await;
+        assert_eq!(status, reqwest::StatusCode::OK);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_that_stops_arriving_gets_408() {
         let app = spawn_app_with(Backend::Memory, |c| {
