@@ -229,8 +229,8 @@ struct ConnectionLimits {
 ///
 /// Like `axum::serve`, with two guards it lacks: a connection must deliver each request's
 /// headers within `header_read_timeout` (slowloris clients, and clients that send nothing
-/// at all, are cut off), and at most `max_connections` are open at once (one more is
-/// closed as soon as it is accepted).
+/// at all, are cut off; an HTTP/2 peer must answer a ping within it), and at most
+/// `max_connections` are open at once (one more is closed as soon as it is accepted).
 async fn serve(
     listener: TcpListener,
     router: Router,
@@ -246,6 +246,13 @@ async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    // An HTTP/2 connection may idle, but its peer must answer pings: one that vanished
+    // without closing would otherwise hold its slot for good.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {

@@ -101,6 +101,36 @@ mod memory_only {
         assert_eq!(status, reqwest::StatusCode::OK);
     }
 
+    /// An HTTP/2 connection (cleartext, prior knowledge) whose peer stops answering is
+    /// closed once a ping goes unanswered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_http2_peer_that_does_not_answer_pings_is_closed() {
+        let app = spawn_app_with(Backend::Memory, |c| {
+            c.header_read_timeout = Duration::from_secs(1)
+        })
+        .await;
+        let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+        // The client preface and an empty SETTINGS frame; then silence, no ACKs.
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let (reply, closed) = read_until_closed(&mut stream, Duration::from_secs(6)).await;
+        let frame_type = reply.as_bytes().get(3).copied();
+        assert_eq!(
+            frame_type,
+            Some(4),
+            "the server's SETTINGS frame comes first"
+        );
+        assert!(closed, "still open after {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_that_stops_arriving_gets_408() {
         let app = spawn_app_with(Backend::Memory, |c| {
