@@ -279,13 +279,9 @@ async fn serve(
         let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
         let mut closing = closing.subscribe();
         tokio::spawn(async move {
-            // hyper times the headers only once it has read enough to tell HTTP/1 from
-            // HTTP/2: a client that sends nothing would hold its slot for good.
-            // (`readable` may wake without data; `peek` waits for a byte, or the end.)
-            let mut byte = [0u8; 1];
             tokio::select! {
-                peeked = tokio::time::timeout(first_byte, stream.peek(&mut byte)) => {
-                    if !matches!(peeked, Ok(Ok(1))) {
+                known = tokio::time::timeout(first_byte, protocol_known(&stream)) => {
+                    if known != Ok(true) {
                         return;
                     }
                 }
@@ -303,6 +299,24 @@ async fn serve(
     // Connections still waiting for their first byte are dropped, not waited for.
     let _ = closing.send(true);
     graceful.shutdown().await;
+}
+
+/// Waits until the connection's first bytes tell its protocol: a byte off the HTTP/2
+/// preface, or the whole preface. hyper-util reads them with no timer, and hyper times the
+/// headers only after, so a client that sends nothing, or a piece of the preface, would
+/// hold its slot for good. False when the connection ends first.
+async fn protocol_known(stream: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut head = [0u8; PREFACE.len()];
+    loop {
+        match stream.peek(&mut head).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n == PREFACE.len() || head[..n] != PREFACE[..n] => return true,
+            // A piece of the preface. `peek` returns at once while bytes wait unread, so
+            // look again a little later; whole clients send the preface in one piece.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
 }
 
 /// The in-memory store's stand-in for MongoDB's TTL monitor.

@@ -473,13 +473,14 @@ fn is_duplicate_key(err: &MongoError) -> bool {
         .is_some_and(|(code, message)| code == DUPLICATE_KEY && !names_index(message, SEQ_INDEX))
 }
 
-/// Whether a duplicate-key message names `index` as the one that refused the write
-/// ("... index: session_seq dup key: { ... }"); the key's values, which follow, could
-/// contain any index's name.
+/// Whether a duplicate-key message names `index` as the one that refused the write:
+/// "E11000 duplicate key error collection: NS index: NAME [collation: {..} ]dup key: {..}".
+/// The name is the word after the first " index: ", which no namespace contains (database
+/// names have no spaces); the key's values, further on, could contain any index's name.
 fn names_index(message: &str, index: &str) -> bool {
     message
-        .split_once(" dup key")
-        .is_some_and(|(head, _)| head.ends_with(&format!("index: {index}")))
+        .split_once(" index: ")
+        .is_some_and(|(_, rest)| rest.split(' ').next() == Some(index))
 }
 
 /// What a write error of an event insert means, if it is a taken key the service can act
@@ -981,6 +982,11 @@ mod tests {
             Some(Inserted::SeqTaken)
         );
         assert_eq!(taken_key(DUPLICATE_KEY, &message("_id_")), None);
+        let collated = message(&format!("{SEQ_INDEX} collation: {{ locale: \"en\" }}"));
+        assert_eq!(
+            taken_key(DUPLICATE_KEY, &collated),
+            Some(Inserted::SeqTaken)
+        );
         assert_eq!(taken_key(2, &message(SEQ_INDEX)), None);
     }
 }
