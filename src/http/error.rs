@@ -51,6 +51,16 @@ impl ApiError {
         }
     }
 
+    /// The status and the error object of one batch item that failed this way.
+    pub fn item(self) -> (u16, Value) {
+        let (status, code, details) = self.parts();
+        let mut error = json!({"code": code, "message": self.client_message(status)});
+        if let Some(details) = details {
+            error["details"] = details;
+        }
+        (status.as_u16(), error)
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, Option<Value>) {
         use ServiceError as S;
         match self {

@@ -163,7 +163,8 @@ struct BatchResponse {
 /// One item's outcome.
 #[derive(Debug, Serialize, ToSchema)]
 struct BatchResult {
-    /// 201 stored, 200 replay, 409 conflict, 400 invalid.
+    /// 201 stored, 200 replay, 409 conflict, 400 invalid; after an erase race also 409
+    /// `session_closed` or 404 `session_not_found` (the session ended while the batch was stored).
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<Event>,
@@ -186,6 +187,10 @@ impl From<BatchItem> for BatchResult {
                     "details": {"event": stored},
                 })),
             ),
+            BatchItem::Refused(refusal) => {
+                let (status, error) = ApiError::from(ServiceError::from(refusal)).item();
+                (status, None, Some(error))
+            }
             BatchItem::Invalid(invalid) => (
                 400,
                 None,
@@ -239,6 +244,7 @@ async fn append_batch(
             BatchItem::Created(_) => EventOutcome::Accepted,
             BatchItem::Existing(_) => EventOutcome::Replayed,
             BatchItem::Conflict(_) => EventOutcome::Conflicting,
+            BatchItem::Refused(_) => EventOutcome::RejectedClosed,
             BatchItem::Invalid(_) => continue,
         };
         state.metrics.events(counted, 1);
@@ -477,4 +483,21 @@ fn event_filter(query: &mut QueryParams) -> Result<EventFilter, ApiError> {
         }
     }
     Ok(EventFilter { types, from, to })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::Refusal;
+
+    #[test]
+    fn a_refused_item_carries_its_sessions_error() {
+        let missing = SessionId::parse("gone").unwrap();
+        let result = BatchResult::from(BatchItem::Refused(Refusal::NotFound(missing)));
+        assert_eq!(result.status, 404);
+        assert!(result.event.is_none());
+        let error = result.error.unwrap();
+        assert_eq!(error["code"], "session_not_found");
+        assert_eq!(error["message"], "session gone does not exist");
+    }
 }

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{BatchItem, Page, ServiceError, Written};
+use super::{BatchItem, Page, Refusal, ServiceError, Written};
 use crate::domain::{
     Cursor, Event, EventId, NewEvent, Order, SessionId, Timestamp, ValidationError,
 };
@@ -11,10 +11,11 @@ use crate::store::{
     StoreError,
 };
 
-/// How many reservations an append makes before it gives up on seqs held by events that
-/// appends in flight stored after an erase (see DESIGN.md, "Erasure and retention"): each
-/// such event costs one; more than a few are a broken `lastSeq`, not a race.
-const SEQ_ATTEMPTS: u32 = 16;
+/// How many reservations an append makes while the seqs it draws are held by events that
+/// appends in flight stored after an erase (see DESIGN.md, "Erasure and retention"). After
+/// the first clash the session's counter is raised past every stored seq, so only events
+/// stored since cost another try.
+const SEQ_ATTEMPTS: u32 = 8;
 
 /// Where a requested page starts, as the client asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,11 +112,56 @@ impl EventService {
                     self.feed.voided(session, &[event.seq]);
                     return self.replay(session, &event.into_request(stamped)).await;
                 }
-                Err(StoreError::SeqTaken) => new = event.into_request(stamped),
+                Err(StoreError::SeqTaken) => {
+                    self.pass_stored_seqs(session).await?;
+                    new = event.into_request(stamped);
+                }
                 Err(e) => return Err(self.insert_failure(session, e)),
             }
         }
         Err(seqs_kept_taken())
+    }
+
+    /// One bulk insert, and its news for live streams: a wake-up when it stored something,
+    /// and the void seqs of the items whose eventId was taken.
+    async fn insert_round(
+        &self,
+        session: &SessionId,
+        events: &[Event],
+    ) -> Result<Vec<Inserted>, ServiceError> {
+        let inserted = self
+            .events
+            .insert_many(events)
+            .await
+            .map_err(|e| self.insert_failure(session, e))?;
+        if inserted.len() != events.len() {
+            let answered = format!(
+                "the store answered for {} of {} events",
+                inserted.len(),
+                events.len()
+            );
+            return Err(StoreError::Backend(answered.into()).into());
+        }
+        if inserted.contains(&Inserted::Stored) {
+            self.feed.appended(session);
+        }
+        let voided: Vec<i64> = events
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, outcome)| **outcome == Inserted::EventIdTaken)
+            .map(|(e, _)| e.seq)
+            .collect();
+        self.feed.voided(session, &voided);
+        Ok(inserted)
+    }
+
+    /// Raises the session's seq counter past every stored seq: its next reservation then
+    /// passes at once all the events an erase left behind, instead of one per try.
+    async fn pass_stored_seqs(&self, session: &SessionId) -> Result<(), ServiceError> {
+        if let Some(last) = self.events.last_seq(session).await? {
+            self.sessions.raise_seq(session, last).await?;
+        }
+        Ok(())
     }
 
     /// An insert that failed: a session erased since the reservation is not found.
@@ -197,12 +243,11 @@ impl EventService {
                 })
             })
             .collect();
-        let mut inserted = self
-            .events
-            .insert_many(&events)
-            .await
-            .map_err(|e| self.insert_failure(session, e))?;
-        // Items whose seq an erased session's leftover holds take new seqs, and are tried again.
+        let mut inserted = self.insert_round(session, &events).await?;
+        // Items whose seq an event left behind by an erase holds go again at new seqs, once
+        // the session's counter is past every stored seq. A session closed or erased in the
+        // meantime refuses them one by one: what is stored stays stored.
+        let mut refusal = None;
         for attempt in 1.. {
             let taken: Vec<usize> = (0..events.len())
                 .filter(|&i| inserted[i] == Inserted::SeqTaken)
@@ -213,12 +258,18 @@ impl EventService {
             if attempt == SEQ_ATTEMPTS {
                 return Err(seqs_kept_taken());
             }
+            self.pass_stored_seqs(session).await?;
             let reserved = self
                 .sessions
                 .reserve_seqs(session, taken.len() as u32, Timestamp::now())
                 .await?;
             let Some(slot) = reserved else {
-                return Err(self.refusal(session).await);
+                refusal = Some(match self.refusal(session).await {
+                    ServiceError::SessionNotFound(id) => Refusal::NotFound(id),
+                    ServiceError::SessionClosed(closed) => Refusal::Closed(closed),
+                    other => return Err(other),
+                });
+                break;
             };
             let retried: Vec<Event> = (slot.first_seq..)
                 .zip(&taken)
@@ -227,26 +278,17 @@ impl EventService {
                     new.into_event(session.clone(), seq, slot.received_at)
                 })
                 .collect();
-            let again = self
-                .events
-                .insert_many(&retried)
-                .await
-                .map_err(|e| self.insert_failure(session, e))?;
+            let again = self.insert_round(session, &retried).await?;
             for ((i, event), outcome) in taken.into_iter().zip(retried).zip(again) {
                 (events[i], inserted[i]) = (event, outcome);
             }
         }
-        if inserted.contains(&Inserted::Stored) {
-            self.feed.appended(session);
-        }
-        // Each refused item's eventId was taken, and its seq is void.
-        let (voided, clashes): (Vec<i64>, Vec<EventId>) = events
+        let clashes: Vec<EventId> = events
             .iter()
             .zip(&inserted)
             .filter(|(_, outcome)| **outcome == Inserted::EventIdTaken)
-            .map(|(e, _)| (e.seq, e.event_id.clone()))
-            .unzip();
-        self.feed.voided(session, &voided);
+            .map(|(e, _)| e.event_id.clone())
+            .collect();
         let stored: HashMap<EventId, Event> = match clashes.is_empty() {
             true => HashMap::new(),
             false => self
@@ -264,7 +306,11 @@ impl EventService {
                 Err(invalid) => Ok(BatchItem::Invalid(invalid)),
                 Ok(()) => match accepted.next() {
                     Some(((event, _), Inserted::Stored)) => Ok(BatchItem::Created(event)),
-                    Some(((event, stamped), _)) => {
+                    Some((_, Inserted::SeqTaken)) => match &refusal {
+                        Some(refused) => Ok(BatchItem::Refused(refused.clone())),
+                        None => Err(vanished()),
+                    },
+                    Some(((event, stamped), Inserted::EventIdTaken)) => {
                         let new = event.into_request(stamped);
                         match stored.get(&new.event_id) {
                             Some(s) if new.matches(s) => Ok(BatchItem::Existing(s.clone())),
@@ -370,7 +416,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::domain::{EventType, JsonObject};
+    use crate::domain::{EventType, FinalStatus, JsonObject};
     use crate::service::testing::open_session;
     use crate::store::MemoryStore;
 
@@ -398,13 +444,8 @@ mod tests {
         }
     }
 
-    /// Events that appends in flight stored after an erase, under the id's new session,
-    /// hold seqs that the new session hands out again: appends pass them.
-    #[tokio::test]
-    async fn appends_pass_seqs_that_events_left_by_an_erase_hold() {
-        let memory = Arc::new(MemoryStore::default());
-        let session = open_session(&memory).await;
-        for seq in [1, 2, 5] {
+    async fn leave(memory: &MemoryStore, session: &SessionId, seqs: impl Iterator<Item = i64>) {
+        for seq in seqs {
             let left = new_event(&format!("left-{seq}")).into_event(
                 session.clone(),
                 seq,
@@ -412,47 +453,75 @@ mod tests {
             );
             memory.insert(&left).await.unwrap();
         }
-        let events = service(&memory, Arc::clone(&memory) as _);
-        match events.append(&session, new_event("e")).await.unwrap() {
-            Written::Created(e) => assert_eq!(e.seq, 3),
-            Written::Existing(e) => panic!("a replay: {e:?}"),
-        }
-        let batch = vec![Ok(new_event("a")), Ok(new_event("b"))];
-        let items = events.append_batch(&session, batch).await.unwrap();
-        assert_eq!(items.iter().map(seq_of).collect::<Vec<_>>(), [4, 6]);
     }
 
-    /// The in-memory store, with the session erased between an append's reservation and
-    /// its insert.
-    struct ErasedBeforeInsert(Arc<MemoryStore>);
+    /// Events that appends in flight stored after an erase, under the id's new session,
+    /// hold seqs that the new session hands out again: appends pass them all in one more
+    /// try, however many there are (an erased batch leaves up to 500 in a row).
+    #[tokio::test]
+    async fn appends_pass_seqs_that_events_left_by_an_erase_hold() {
+        let memory = Arc::new(MemoryStore::default());
+        let session = open_session(&memory).await;
+        leave(&memory, &session, 1..=40).await;
+        let events = service(&memory, Arc::clone(&memory) as _);
+        match events.append(&session, new_event("e")).await.unwrap() {
+            Written::Created(e) => assert_eq!(e.seq, 41),
+            Written::Existing(e) => panic!("a replay: {e:?}"),
+        }
+        leave(&memory, &session, std::iter::once(42).chain(44..=60)).await;
+        let batch = vec![Ok(new_event("a")), Ok(new_event("b")), Ok(new_event("c"))];
+        let items = events.append_batch(&session, batch).await.unwrap();
+        // b is stored at 43 in the first round; a and c go again past 60.
+        assert_eq!(items.iter().map(seq_of).collect::<Vec<_>>(), [61, 43, 62]);
+    }
 
-    impl ErasedBeforeInsert {
-        async fn erase(&self, session: &SessionId) {
-            assert!(SessionRepository::delete(&*self.0, session).await.unwrap());
+    /// The in-memory store, with the session erased or closed between an append's
+    /// reservation and its insert.
+    struct BeforeInsert {
+        memory: Arc<MemoryStore>,
+        erase: bool,
+    }
+
+    impl BeforeInsert {
+        async fn act(&self, session: &SessionId) {
+            match self.erase {
+                true => assert!(SessionRepository::delete(&*self.memory, session)
+                    .await
+                    .unwrap()),
+                false => {
+                    let closed =
+                        self.memory
+                            .close(session, FinalStatus::Completed, Timestamp::now());
+                    assert!(closed.await.unwrap().is_some());
+                }
+            }
         }
     }
 
     #[async_trait]
-    impl EventRepository for ErasedBeforeInsert {
+    impl EventRepository for BeforeInsert {
         async fn insert(&self, event: &Event) -> Result<(), StoreError> {
-            self.erase(&event.session_id).await;
-            self.0.insert(event).await
+            self.act(&event.session_id).await;
+            self.memory.insert(event).await
         }
         async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError> {
-            self.erase(&events[0].session_id).await;
-            self.0.insert_many(events).await
+            self.act(&events[0].session_id).await;
+            self.memory.insert_many(events).await
+        }
+        async fn last_seq(&self, s: &SessionId) -> Result<Option<i64>, StoreError> {
+            self.memory.last_seq(s).await
         }
         async fn get(&self, s: &SessionId, e: &EventId) -> Result<Option<Event>, StoreError> {
-            EventRepository::get(&*self.0, s, e).await
+            EventRepository::get(&*self.memory, s, e).await
         }
         async fn delete_session_events(&self, s: &SessionId) -> Result<u64, StoreError> {
-            self.0.delete_session_events(s).await
+            self.memory.delete_session_events(s).await
         }
         async fn get_many(&self, s: &SessionId, ids: &[EventId]) -> Result<Vec<Event>, StoreError> {
-            self.0.get_many(s, ids).await
+            self.memory.get_many(s, ids).await
         }
         async fn page(&self, s: &SessionId, q: &EventPageQuery) -> Result<Vec<Event>, StoreError> {
-            self.0.page(s, q).await
+            self.memory.page(s, q).await
         }
     }
 
@@ -460,7 +529,11 @@ mod tests {
     async fn an_append_whose_session_is_erased_before_its_insert_finds_no_session() {
         let memory = Arc::new(MemoryStore::default());
         let session = open_session(&memory).await;
-        let events = service(&memory, Arc::new(ErasedBeforeInsert(Arc::clone(&memory))));
+        let store = BeforeInsert {
+            memory: Arc::clone(&memory),
+            erase: true,
+        };
+        let events = service(&memory, Arc::new(store));
         let single = events.append(&session, new_event("e")).await;
         assert!(
             matches!(single, Err(ServiceError::SessionNotFound(_))),
@@ -474,5 +547,27 @@ mod tests {
             matches!(batch, Err(ServiceError::SessionNotFound(_))),
             "{batch:?}"
         );
+    }
+
+    /// A batch whose items must go again finds the session closed: the items stored in the
+    /// first round stay stored and say so; the others are refused one by one.
+    #[tokio::test]
+    async fn a_batch_that_finds_its_session_closed_between_rounds_reports_each_item() {
+        let memory = Arc::new(MemoryStore::default());
+        let session = open_session(&memory).await;
+        leave(&memory, &session, 1..=1).await;
+        let store = BeforeInsert {
+            memory: Arc::clone(&memory),
+            erase: false,
+        };
+        let events = service(&memory, Arc::new(store));
+        let batch = vec![Ok(new_event("a")), Ok(new_event("b"))];
+        let items = events.append_batch(&session, batch).await.unwrap();
+        assert!(
+            matches!(&items[0], BatchItem::Refused(Refusal::Closed(s)) if s.session_id == session),
+            "{:?}",
+            items[0]
+        );
+        assert_eq!(seq_of(&items[1]), 2);
     }
 }

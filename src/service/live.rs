@@ -448,6 +448,9 @@ mod tests {
         async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError> {
             self.inner.insert_many(events).await
         }
+        async fn last_seq(&self, s: &SessionId) -> Result<Option<i64>, StoreError> {
+            self.inner.last_seq(s).await
+        }
         async fn get(&self, s: &SessionId, e: &EventId) -> Result<Option<Event>, StoreError> {
             EventRepository::get(&*self.inner, s, e).await
         }

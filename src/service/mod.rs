@@ -32,6 +32,25 @@ pub enum BatchItem {
     /// The eventId is stored with other content; this is the stored event.
     Conflict(Event),
     Invalid(ValidationError),
+    /// Not stored: the session was erased or closed while the batch was being stored (only
+    /// after an erase race; see `EventService::append_batch`).
+    Refused(Refusal),
+}
+
+/// Why a session takes no events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    NotFound(SessionId),
+    Closed(Box<Session>),
+}
+
+impl From<Refusal> for ServiceError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotFound(id) => Self::SessionNotFound(id),
+            Refusal::Closed(session) => Self::SessionClosed(session),
+        }
+    }
 }
 
 /// One page of a listing.

@@ -206,10 +206,20 @@ impl SessionRepository for MemoryStore {
         })?;
         Ok(closed.flatten())
     }
+
+    async fn raise_seq(&self, id: &SessionId, seq: i64) -> Result<(), StoreError> {
+        self.with_entry(id, |e| e.last_seq = e.last_seq.max(seq))?;
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl EventRepository for MemoryStore {
+    async fn last_seq(&self, session: &SessionId) -> Result<Option<i64>, StoreError> {
+        let last = self.with_entry(session, |e| e.by_seq.last_key_value().map(|(seq, _)| *seq))?;
+        Ok(last.flatten())
+    }
+
     async fn insert(&self, event: &Event) -> Result<(), StoreError> {
         match self
             .insert_many(std::slice::from_ref(event))

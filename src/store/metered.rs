@@ -103,6 +103,10 @@ impl<S: SessionRepository> SessionRepository for Metered<S> {
         self.timed("close_session", self.inner.close(id, status, now))
             .await
     }
+
+    async fn raise_seq(&self, id: &SessionId, seq: i64) -> Result<(), StoreError> {
+        self.timed("raise_seq", self.inner.raise_seq(id, seq)).await
+    }
 }
 
 #[async_trait]
@@ -114,6 +118,10 @@ impl<S: EventRepository> EventRepository for Metered<S> {
     async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError> {
         self.timed("insert_events", self.inner.insert_many(events))
             .await
+    }
+
+    async fn last_seq(&self, session: &SessionId) -> Result<Option<i64>, StoreError> {
+        self.timed("last_seq", self.inner.last_seq(session)).await
     }
 
     async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError> {

@@ -197,6 +197,10 @@ pub trait SessionRepository: Send + Sync {
         status: FinalStatus,
         now: Timestamp,
     ) -> Result<Option<Session>, StoreError>;
+
+    /// Raises the session's seq counter to at least `seq` (never lowers it), so that its
+    /// next reservation starts past `seq`. Nothing happens to a missing session.
+    async fn raise_seq(&self, id: &SessionId, seq: i64) -> Result<(), StoreError>;
 }
 
 /// Events, unique by (sessionId, eventId).
@@ -212,6 +216,9 @@ pub trait EventRepository: Send + Sync {
     async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError>;
 
     async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError>;
+
+    /// The highest seq among the session's stored events.
+    async fn last_seq(&self, session: &SessionId) -> Result<Option<i64>, StoreError>;
 
     /// Erases every event of the session; returns how many there were.
     async fn delete_session_events(&self, session: &SessionId) -> Result<u64, StoreError>;

@@ -730,10 +730,31 @@ impl SessionRepository for MongoStore {
             .map_err(classify)?;
         closed.map(SessionDoc::into_session).transpose()
     }
+
+    async fn raise_seq(&self, id: &SessionId, seq: i64) -> Result<(), StoreError> {
+        self.sessions
+            .update_one(doc! {"_id": id.as_str()}, doc! {"$max": {"lastSeq": seq}})
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl EventRepository for MongoStore {
+    async fn last_seq(&self, session: &SessionId) -> Result<Option<i64>, StoreError> {
+        let last = self
+            .events
+            .clone_with_type::<Document>()
+            .find_one(doc! {"sessionId": session.as_str()})
+            .sort(doc! {"seq": -1})
+            .projection(doc! {"_id": 0, "seq": 1})
+            .max_time(self.timeout)
+            .await
+            .map_err(classify)?;
+        Ok(last.and_then(|d| d.get_i64("seq").ok()))
+    }
+
     async fn insert(&self, event: &Event) -> Result<(), StoreError> {
         self.events
             .insert_one(EventDoc::from_event(event))

@@ -46,6 +46,7 @@ contract!(
     close_ends_at_or_after_every_reservation_and_only_once,
     insert_refuses_a_second_event_with_the_same_id,
     insert_tells_a_taken_seq_from_a_taken_event_id,
+    last_seq_and_raise_seq_let_reservations_pass_stored_seqs,
     events_are_scoped_to_their_session,
     pages_order_by_timestamp_then_seq_in_both_directions,
     pages_apply_type_and_time_filters_with_cursors,
@@ -247,6 +248,37 @@ async fn insert_tells_a_taken_seq_from_a_taken_event_id(store: Arc<impl Store>) 
     let page = store.page(&sid("a"), &all).await.unwrap();
     let ids: Vec<&str> = page.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!(ids, ["left", "b2"]);
+}
+
+async fn next_seq(store: &impl Store, session: &str) -> i64 {
+    let session = sid(session);
+    let slot = store
+        .reserve_seqs(&session, 1, Timestamp::from_millis(2))
+        .await;
+    slot.unwrap().unwrap().first_seq
+}
+
+async fn last_seq_and_raise_seq_let_reservations_pass_stored_seqs(store: Arc<impl Store>) {
+    store
+        .create(new_session("a", "x"), Timestamp::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(store.last_seq(&sid("a")).await.unwrap(), None);
+    for (id, seq) in [("e3", 3), ("e7", 7), ("e5", 5)] {
+        store.insert(&event("a", id, 10, seq)).await.unwrap();
+    }
+    assert_eq!(store.last_seq(&sid("a")).await.unwrap(), Some(7));
+    assert_eq!(store.last_seq(&sid("b")).await.unwrap(), None);
+    store.raise_seq(&sid("a"), 7).await.unwrap();
+    assert_eq!(next_seq(&*store, "a").await, 8);
+    // Never lowered; a missing session is left alone.
+    store.raise_seq(&sid("a"), 4).await.unwrap();
+    assert_eq!(next_seq(&*store, "a").await, 9);
+    store.raise_seq(&sid("b"), 4).await.unwrap();
+    assert!(SessionRepository::get(&*store, &sid("b"))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn events_are_scoped_to_their_session(store: Arc<impl Store>) {
