@@ -26,7 +26,7 @@ use crate::domain::{
 };
 use crate::metrics::EventOutcome;
 use crate::service::{
-    BatchItem, Page, PagePosition, PageRequest, ServiceError, TailMessage, Written,
+    BatchItem, Page, PagePosition, PageRequest, Refusal, ServiceError, TailMessage, Written,
 };
 use crate::store::EventFilter;
 
@@ -244,7 +244,8 @@ async fn append_batch(
             BatchItem::Created(_) => EventOutcome::Accepted,
             BatchItem::Existing(_) => EventOutcome::Replayed,
             BatchItem::Conflict(_) => EventOutcome::Conflicting,
-            BatchItem::Refused(_) => EventOutcome::RejectedClosed,
+            BatchItem::Refused(Refusal::Closed(_)) => EventOutcome::RejectedClosed,
+            BatchItem::Refused(Refusal::NotFound(_)) => continue,
             BatchItem::Invalid(_) => continue,
         };
         state.metrics.events(counted, 1);
@@ -488,7 +489,6 @@ fn event_filter(query: &mut QueryParams) -> Result<EventFilter, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::Refusal;
 
     #[test]
     fn a_refused_item_carries_its_sessions_error() {

@@ -204,7 +204,9 @@ impl EventService {
 
     /// Appends many events with one reservation and one bulk insert. Each item is judged by
     /// the single-event rules; accepted items get seqs rising in request order. A missing or
-    /// closed session fails the whole batch.
+    /// closed session fails the whole batch. After an erase race (items whose seqs an erased
+    /// session's leftovers hold) neither holds for those items: see DESIGN.md, "Batch
+    /// ingestion".
     pub async fn append_batch(
         &self,
         session: &SessionId,
@@ -306,18 +308,20 @@ impl EventService {
                 Err(invalid) => Ok(BatchItem::Invalid(invalid)),
                 Ok(()) => match accepted.next() {
                     Some(((event, _), Inserted::Stored)) => Ok(BatchItem::Created(event)),
+                    Some(((event, stamped), Inserted::EventIdTaken)) => {
+                        let new = event.into_request(stamped);
+                        match (stored.get(&new.event_id), &refusal) {
+                            (Some(s), _) if new.matches(s) => Ok(BatchItem::Existing(s.clone())),
+                            (Some(s), _) => Ok(BatchItem::Conflict(s.clone())),
+                            // Erased between the rounds, with the session's events.
+                            (None, Some(refused)) => Ok(BatchItem::Refused(refused.clone())),
+                            (None, None) => Err(vanished()),
+                        }
+                    }
                     Some((_, Inserted::SeqTaken)) => match &refusal {
                         Some(refused) => Ok(BatchItem::Refused(refused.clone())),
                         None => Err(vanished()),
                     },
-                    Some(((event, stamped), Inserted::EventIdTaken)) => {
-                        let new = event.into_request(stamped);
-                        match stored.get(&new.event_id) {
-                            Some(s) if new.matches(s) => Ok(BatchItem::Existing(s.clone())),
-                            Some(s) => Ok(BatchItem::Conflict(s.clone())),
-                            None => Err(vanished()),
-                        }
-                    }
                     None => Err(vanished()),
                 },
             })
@@ -475,26 +479,41 @@ mod tests {
         assert_eq!(items.iter().map(seq_of).collect::<Vec<_>>(), [61, 43, 62]);
     }
 
-    /// The in-memory store, with the session erased or closed between an append's
-    /// reservation and its insert.
+    /// The in-memory store, with the session erased or closed at a chosen step of an append.
     struct BeforeInsert {
         memory: Arc<MemoryStore>,
-        erase: bool,
+        hook: Hook,
+    }
+
+    #[derive(PartialEq)]
+    enum Hook {
+        /// Erased between the reservation and the insert.
+        Erase,
+        /// Closed between the reservation and the insert.
+        Close,
+        /// Erased, with its events, when a batch looks for the highest stored seq.
+        EraseBeforeSecondRound,
     }
 
     impl BeforeInsert {
         async fn act(&self, session: &SessionId) {
-            match self.erase {
-                true => assert!(SessionRepository::delete(&*self.memory, session)
-                    .await
-                    .unwrap()),
-                false => {
+            match self.hook {
+                Hook::Erase => self.erase(session).await,
+                Hook::Close => {
                     let closed =
                         self.memory
                             .close(session, FinalStatus::Completed, Timestamp::now());
                     assert!(closed.await.unwrap().is_some());
                 }
+                Hook::EraseBeforeSecondRound => {}
             }
+        }
+
+        async fn erase(&self, session: &SessionId) {
+            self.memory.delete_session_events(session).await.unwrap();
+            assert!(SessionRepository::delete(&*self.memory, session)
+                .await
+                .unwrap());
         }
     }
 
@@ -509,6 +528,9 @@ mod tests {
             self.memory.insert_many(events).await
         }
         async fn last_seq(&self, s: &SessionId) -> Result<Option<i64>, StoreError> {
+            if self.hook == Hook::EraseBeforeSecondRound {
+                self.erase(s).await;
+            }
             self.memory.last_seq(s).await
         }
         async fn get(&self, s: &SessionId, e: &EventId) -> Result<Option<Event>, StoreError> {
@@ -531,7 +553,7 @@ mod tests {
         let session = open_session(&memory).await;
         let store = BeforeInsert {
             memory: Arc::clone(&memory),
-            erase: true,
+            hook: Hook::Erase,
         };
         let events = service(&memory, Arc::new(store));
         let single = events.append(&session, new_event("e")).await;
@@ -558,7 +580,7 @@ mod tests {
         leave(&memory, &session, 1..=1).await;
         let store = BeforeInsert {
             memory: Arc::clone(&memory),
-            erase: false,
+            hook: Hook::Close,
         };
         let events = service(&memory, Arc::new(store));
         let batch = vec![Ok(new_event("a")), Ok(new_event("b"))];
@@ -569,5 +591,34 @@ mod tests {
             items[0]
         );
         assert_eq!(seq_of(&items[1]), 2);
+        let a = EventId::parse("a").unwrap();
+        assert_eq!(
+            EventRepository::get(&*memory, &session, &a).await.unwrap(),
+            None
+        );
+    }
+
+    /// The same with the session erased between the rounds: a replayed item, whose stored
+    /// event went with the erase, is refused too, not a store failure.
+    #[tokio::test]
+    async fn a_batch_that_finds_its_session_erased_between_rounds_reports_each_item() {
+        let memory = Arc::new(MemoryStore::default());
+        let session = open_session(&memory).await;
+        leave(&memory, &session, 1..=1).await;
+        let old = new_event("old").into_event(session.clone(), 2, Timestamp::now());
+        memory.insert(&old).await.unwrap();
+        let store = BeforeInsert {
+            memory: Arc::clone(&memory),
+            hook: Hook::EraseBeforeSecondRound,
+        };
+        let events = service(&memory, Arc::new(store));
+        let batch = vec![Ok(new_event("a")), Ok(new_event("old"))];
+        let items = events.append_batch(&session, batch).await.unwrap();
+        for item in &items {
+            assert!(
+                matches!(item, BatchItem::Refused(Refusal::NotFound(id)) if *id == session),
+                "{item:?}"
+            );
+        }
     }
 }
