@@ -105,6 +105,41 @@ mod memory_only {
         assert_eq!(status, reqwest::StatusCode::OK);
     }
 
+    /// HTTP/2 in cleartext with prior knowledge gets through the accept loop's wait for the
+    /// protocol: a GET /healthz in one HEADERS frame is answered 200.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_http2_request_with_prior_knowledge_is_served() {
+        let app = spawn_app_with(Backend::Memory, |_| {}).await;
+        let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+        // HPACK: :method GET (static 2), :scheme http (6), :path and :authority as literals
+        // with static names (4, 1).
+        let mut block = vec![0x82, 0x86, 0x04, 8];
+        block.extend_from_slice(b"/healthz");
+        block.extend_from_slice(&[0x01, 1, b'x']);
+        let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+        // HEADERS on stream 1, END_STREAM | END_HEADERS.
+        request.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
+        request.extend_from_slice(&block);
+        stream.write_all(&request).await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut head = [0u8; 9];
+                stream.read_exact(&mut head).await.unwrap();
+                let length =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; length];
+                stream.read_exact(&mut payload).await.unwrap();
+                if head[3] == 0x01 && head[5..9] == [0, 0, 0, 1] {
+                    return payload[0];
+                }
+            }
+        })
+        .await
+        .expect("a response within 5 s");
+        // HPACK static entry 8 is ":status: 200".
+        assert_eq!(status, 0x88);
+    }
+
     /// An HTTP/2 connection (cleartext, prior knowledge) whose peer stops answering is
     /// closed once a ping goes unanswered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
