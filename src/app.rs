@@ -308,13 +308,18 @@ async fn serve(
 async fn protocol_known(stream: &tokio::net::TcpStream) -> bool {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut head = [0u8; PREFACE.len()];
+    let mut pause = Duration::from_millis(10);
     loop {
         match stream.peek(&mut head).await {
             Ok(0) | Err(_) => return false,
             Ok(n) if n == PREFACE.len() || head[..n] != PREFACE[..n] => return true,
             // A piece of the preface. `peek` returns at once while bytes wait unread, so
-            // look again a little later; whole clients send the preface in one piece.
-            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            // look again later, less often each time: a client that sent only "P" of
+            // "POST" waits 10 ms, and one that stalls costs a few wake-ups, not hundreds.
+            Ok(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
         }
     }
 }

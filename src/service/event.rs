@@ -94,7 +94,7 @@ impl EventService {
     ) -> Result<Written<Event>, ServiceError> {
         let stamped = new.timestamp.is_some();
         let mut new = new;
-        for _attempt in 0..SEQ_ATTEMPTS {
+        for attempt in 1..=SEQ_ATTEMPTS {
             let reserved = self
                 .sessions
                 .reserve_seqs(session, 1, Timestamp::now())
@@ -112,10 +112,11 @@ impl EventService {
                     self.feed.voided(session, &[event.seq]);
                     return self.replay(session, &event.into_request(stamped)).await;
                 }
-                Err(StoreError::SeqTaken) => {
+                Err(StoreError::SeqTaken) if attempt < SEQ_ATTEMPTS => {
                     self.pass_stored_seqs(session).await?;
                     new = event.into_request(stamped);
                 }
+                Err(StoreError::SeqTaken) => break,
                 Err(e) => return Err(self.insert_failure(session, e)),
             }
         }
@@ -162,6 +163,16 @@ impl EventService {
             self.sessions.raise_seq(session, last).await?;
         }
         Ok(())
+    }
+
+    /// A duplicate key proved the event stored, and then it was not found: the session was
+    /// erased in between (404), or the store is broken.
+    async fn vanished(&self, session: &SessionId) -> ServiceError {
+        match self.sessions.get(session).await {
+            Ok(None) => ServiceError::SessionNotFound(session.clone()),
+            Ok(Some(_)) => vanished(),
+            Err(e) => e.into(),
+        }
     }
 
     /// An insert that failed: a session erased since the reservation is not found.
@@ -301,6 +312,13 @@ impl EventService {
                 .map(|e| (e.event_id.clone(), e))
                 .collect(),
         };
+        // A stored event that is not found went with an erase of the session in between.
+        if refusal.is_none()
+            && clashes.iter().any(|id| !stored.contains_key(id))
+            && self.sessions.get(session).await?.is_none()
+        {
+            refusal = Some(Refusal::NotFound(session.clone()));
+        }
         let mut accepted = events.into_iter().zip(stamped).zip(inserted);
         items
             .into_iter()
@@ -313,7 +331,7 @@ impl EventService {
                         match (stored.get(&new.event_id), &refusal) {
                             (Some(s), _) if new.matches(s) => Ok(BatchItem::Existing(s.clone())),
                             (Some(s), _) => Ok(BatchItem::Conflict(s.clone())),
-                            // Erased between the rounds, with the session's events.
+                            // Erased since the insert, with the session's events.
                             (None, Some(refused)) => Ok(BatchItem::Refused(refused.clone())),
                             (None, None) => Err(vanished()),
                         }
@@ -335,9 +353,7 @@ impl EventService {
     ) -> Result<Written<Event>, ServiceError> {
         match self.events.get(session, &new.event_id).await? {
             Some(stored) => compare(new, stored),
-            None => {
-                Err(StoreError::Backend("event vanished after a duplicate-key error".into()).into())
-            }
+            None => Err(self.vanished(session).await),
         }
     }
 
@@ -493,6 +509,8 @@ mod tests {
         Close,
         /// Erased, with its events, when a batch looks for the highest stored seq.
         EraseBeforeSecondRound,
+        /// Erased, with its events, when a replay reads the stored event.
+        EraseBeforeRead,
     }
 
     impl BeforeInsert {
@@ -505,7 +523,7 @@ mod tests {
                             .close(session, FinalStatus::Completed, Timestamp::now());
                     assert!(closed.await.unwrap().is_some());
                 }
-                Hook::EraseBeforeSecondRound => {}
+                Hook::EraseBeforeSecondRound | Hook::EraseBeforeRead => {}
             }
         }
 
@@ -534,12 +552,18 @@ mod tests {
             self.memory.last_seq(s).await
         }
         async fn get(&self, s: &SessionId, e: &EventId) -> Result<Option<Event>, StoreError> {
+            if self.hook == Hook::EraseBeforeRead {
+                self.erase(s).await;
+            }
             EventRepository::get(&*self.memory, s, e).await
         }
         async fn delete_session_events(&self, s: &SessionId) -> Result<u64, StoreError> {
             self.memory.delete_session_events(s).await
         }
         async fn get_many(&self, s: &SessionId, ids: &[EventId]) -> Result<Vec<Event>, StoreError> {
+            if self.hook == Hook::EraseBeforeRead {
+                self.erase(s).await;
+            }
             self.memory.get_many(s, ids).await
         }
         async fn page(&self, s: &SessionId, q: &EventPageQuery) -> Result<Vec<Event>, StoreError> {
@@ -620,5 +644,34 @@ mod tests {
                 "{item:?}"
             );
         }
+    }
+
+    /// A retry whose stored event went with an erase between its insert and its read finds
+    /// no session: 404, not a store failure.
+    #[tokio::test]
+    async fn a_retry_whose_session_is_erased_before_its_read_finds_no_session() {
+        let memory = Arc::new(MemoryStore::default());
+        let plain = service(&memory, Arc::clone(&memory) as _);
+        let store = BeforeInsert {
+            memory: Arc::clone(&memory),
+            hook: Hook::EraseBeforeRead,
+        };
+        let events = service(&memory, Arc::new(store));
+        let session = open_session(&memory).await;
+        plain.append(&session, new_event("old")).await.unwrap();
+        let single = events.append(&session, new_event("old")).await;
+        assert!(
+            matches!(single, Err(ServiceError::SessionNotFound(_))),
+            "{single:?}"
+        );
+        let session = open_session(&memory).await;
+        plain.append(&session, new_event("old")).await.unwrap();
+        let batch = vec![Ok(new_event("old"))];
+        let items = events.append_batch(&session, batch).await.unwrap();
+        assert!(
+            matches!(&items[0], BatchItem::Refused(Refusal::NotFound(id)) if *id == session),
+            "{:?}",
+            items[0]
+        );
     }
 }
