@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -175,36 +175,28 @@ struct BatchResult {
 
 impl From<BatchItem> for BatchResult {
     fn from(item: BatchItem) -> Self {
-        let (status, event, error) = match item {
-            BatchItem::Created(e) => (201, Some(e), None),
-            BatchItem::Existing(e) => (200, Some(e), None),
-            BatchItem::Conflict(stored) => (
-                409,
-                None,
-                Some(json!({
-                    "code": "event_conflict",
-                    "message": "the eventId exists with different content",
-                    "details": {"event": stored},
-                })),
-            ),
-            BatchItem::Refused(refusal) => {
-                let (status, error) = ApiError::from(ServiceError::from(refusal)).item();
-                (status, None, Some(error))
-            }
-            BatchItem::Invalid(invalid) => (
-                400,
-                None,
-                Some(json!({
-                    "code": "validation_failed",
-                    "message": invalid.message,
-                    "details": {"field": invalid.field},
-                })),
-            ),
+        let failure = match item {
+            BatchItem::Created(e) => return Self::stored(201, e),
+            BatchItem::Existing(e) => return Self::stored(200, e),
+            BatchItem::Conflict(stored) => ServiceError::EventConflict(Box::new(stored)).into(),
+            BatchItem::Refused(refusal) => ServiceError::from(refusal).into(),
+            BatchItem::Invalid(invalid) => ApiError::from(invalid),
         };
+        let (status, error) = failure.item();
         Self {
             status,
-            event,
-            error,
+            event: None,
+            error: Some(error),
+        }
+    }
+}
+
+impl BatchResult {
+    fn stored(status: u16, event: Event) -> Self {
+        Self {
+            status,
+            event: Some(event),
+            error: None,
         }
     }
 }
