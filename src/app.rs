@@ -239,7 +239,7 @@ async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let closing = watch::Sender::new(false);
-    let first_byte = limits.header_read_timeout;
+    let detect_within = limits.header_read_timeout;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut builder = ConnectionBuilder::new(TokioExecutor::new());
     builder
@@ -280,7 +280,7 @@ async fn serve(
         let mut closing = closing.subscribe();
         tokio::spawn(async move {
             tokio::select! {
-                known = tokio::time::timeout(first_byte, protocol_known(&stream)) => {
+                known = tokio::time::timeout(detect_within, protocol_known(&stream)) => {
                     if known != Ok(true) {
                         return;
                     }

@@ -90,10 +90,9 @@ impl EventService {
     pub async fn append(
         &self,
         session: &SessionId,
-        new: NewEvent,
+        mut new: NewEvent,
     ) -> Result<Written<Event>, ServiceError> {
         let stamped = new.timestamp.is_some();
-        let mut new = new;
         for attempt in 1..=SEQ_ATTEMPTS {
             let reserved = self
                 .sessions
@@ -167,7 +166,7 @@ impl EventService {
 
     /// A duplicate key proved the event stored, and then it was not found: the session was
     /// erased in between (404), or the store is broken.
-    async fn vanished(&self, session: &SessionId) -> ServiceError {
+    async fn stored_event_missing(&self, session: &SessionId) -> ServiceError {
         match self.sessions.get(session).await {
             Ok(None) => ServiceError::SessionNotFound(session.clone()),
             Ok(Some(_)) => vanished(),
@@ -312,12 +311,11 @@ impl EventService {
                 .map(|e| (e.event_id.clone(), e))
                 .collect(),
         };
-        // A stored event that is not found went with an erase of the session in between.
-        if refusal.is_none()
-            && clashes.iter().any(|id| !stored.contains_key(id))
-            && self.sessions.get(session).await?.is_none()
-        {
-            refusal = Some(Refusal::NotFound(session.clone()));
+        if refusal.is_none() && clashes.iter().any(|id| !stored.contains_key(id)) {
+            match self.stored_event_missing(session).await {
+                ServiceError::SessionNotFound(id) => refusal = Some(Refusal::NotFound(id)),
+                other => return Err(other),
+            }
         }
         let mut accepted = events.into_iter().zip(stamped).zip(inserted);
         items
@@ -353,7 +351,7 @@ impl EventService {
     ) -> Result<Written<Event>, ServiceError> {
         match self.events.get(session, &new.event_id).await? {
             Some(stored) => compare(new, stored),
-            None => Err(self.vanished(session).await),
+            None => Err(self.stored_event_missing(session).await),
         }
     }
 
@@ -417,8 +415,8 @@ fn seqs_kept_taken() -> ServiceError {
     StoreError::Backend(format!("{SEQ_ATTEMPTS} reserved seqs in a row were taken").into()).into()
 }
 
-/// The duplicate-key error proved the event exists; not finding it means it was erased in
-/// between.
+/// The store's answers do not add up (an event a duplicate key proved is gone though its
+/// session is not, or an item has no outcome): a broken store.
 fn vanished() -> ServiceError {
     StoreError::Backend("event vanished after a duplicate-key error".into()).into()
 }
@@ -495,8 +493,21 @@ mod tests {
         assert_eq!(items.iter().map(seq_of).collect::<Vec<_>>(), [61, 43, 62]);
     }
 
+    /// A service on the in-memory store, with the session erased or closed at a chosen
+    /// step of an append.
+    fn interfered(memory: &Arc<MemoryStore>, hook: Hook) -> EventService {
+        let memory = Arc::clone(memory);
+        service(
+            &memory,
+            Arc::new(Interfering {
+                memory: Arc::clone(&memory),
+                hook,
+            }),
+        )
+    }
+
     /// The in-memory store, with the session erased or closed at a chosen step of an append.
-    struct BeforeInsert {
+    struct Interfering {
         memory: Arc<MemoryStore>,
         hook: Hook,
     }
@@ -513,7 +524,7 @@ mod tests {
         EraseBeforeRead,
     }
 
-    impl BeforeInsert {
+    impl Interfering {
         async fn act(&self, session: &SessionId) {
             match self.hook {
                 Hook::Erase => self.erase(session).await,
@@ -536,7 +547,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl EventRepository for BeforeInsert {
+    impl EventRepository for Interfering {
         async fn insert(&self, event: &Event) -> Result<(), StoreError> {
             self.act(&event.session_id).await;
             self.memory.insert(event).await
@@ -575,11 +586,7 @@ mod tests {
     async fn an_append_whose_session_is_erased_before_its_insert_finds_no_session() {
         let memory = Arc::new(MemoryStore::default());
         let session = open_session(&memory).await;
-        let store = BeforeInsert {
-            memory: Arc::clone(&memory),
-            hook: Hook::Erase,
-        };
-        let events = service(&memory, Arc::new(store));
+        let events = interfered(&memory, Hook::Erase);
         let single = events.append(&session, new_event("e")).await;
         assert!(
             matches!(single, Err(ServiceError::SessionNotFound(_))),
@@ -602,11 +609,7 @@ mod tests {
         let memory = Arc::new(MemoryStore::default());
         let session = open_session(&memory).await;
         leave(&memory, &session, 1..=1).await;
-        let store = BeforeInsert {
-            memory: Arc::clone(&memory),
-            hook: Hook::Close,
-        };
-        let events = service(&memory, Arc::new(store));
+        let events = interfered(&memory, Hook::Close);
         let batch = vec![Ok(new_event("a")), Ok(new_event("b"))];
         let items = events.append_batch(&session, batch).await.unwrap();
         assert!(
@@ -631,11 +634,7 @@ mod tests {
         leave(&memory, &session, 1..=1).await;
         let old = new_event("old").into_event(session.clone(), 2, Timestamp::now());
         memory.insert(&old).await.unwrap();
-        let store = BeforeInsert {
-            memory: Arc::clone(&memory),
-            hook: Hook::EraseBeforeSecondRound,
-        };
-        let events = service(&memory, Arc::new(store));
+        let events = interfered(&memory, Hook::EraseBeforeSecondRound);
         let batch = vec![Ok(new_event("a")), Ok(new_event("old"))];
         let items = events.append_batch(&session, batch).await.unwrap();
         for item in &items {
@@ -652,11 +651,7 @@ mod tests {
     async fn a_retry_whose_session_is_erased_before_its_read_finds_no_session() {
         let memory = Arc::new(MemoryStore::default());
         let plain = service(&memory, Arc::clone(&memory) as _);
-        let store = BeforeInsert {
-            memory: Arc::clone(&memory),
-            hook: Hook::EraseBeforeRead,
-        };
-        let events = service(&memory, Arc::new(store));
+        let events = interfered(&memory, Hook::EraseBeforeRead);
         let session = open_session(&memory).await;
         plain.append(&session, new_event("old")).await.unwrap();
         let single = events.append(&session, new_event("old")).await;

@@ -8,6 +8,10 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{spawn_app_with, Backend, TestApp};
 
+/// How an HTTP/2 client with prior knowledge starts: the preface, then an empty SETTINGS
+/// frame.
+const HTTP2_START: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
 fn address(app: &TestApp) -> String {
     app.address.trim_start_matches("http://").to_owned()
 }
@@ -116,7 +120,7 @@ mod memory_only {
         let mut block = vec![0x82, 0x86, 0x04, 8];
         block.extend_from_slice(b"/healthz");
         block.extend_from_slice(&[0x01, 1, b'x']);
-        let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+        let mut request = HTTP2_START.to_vec();
         // HEADERS on stream 1, END_STREAM | END_HEADERS.
         request.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
         request.extend_from_slice(&block);
@@ -150,10 +154,7 @@ mod memory_only {
         .await;
         let mut stream = TcpStream::connect(address(&app)).await.unwrap();
         // The client preface and an empty SETTINGS frame; then silence, no ACKs.
-        stream
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-            .await
-            .unwrap();
+        stream.write_all(HTTP2_START).await.unwrap();
         let started = Instant::now();
         let (reply, closed) = read_until_closed(&mut stream, Duration::from_secs(6)).await;
         let frame_type = reply.as_bytes().get(3).copied();
