@@ -5,6 +5,10 @@ use serde::{Serialize, Serializer};
 
 use super::ValidationError;
 
+/// 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z, in milliseconds since the epoch.
+const FIRST_MILLIS: i64 = -62_167_219_200_000;
+const LAST_MILLIS: i64 = 253_402_300_799_999;
+
 /// An instant with millisecond precision, the resolution MongoDB stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, utoipa::ToSchema)]
 #[schema(value_type = String, format = DateTime, example = "2026-11-26T08:31:38.123Z")]
@@ -24,14 +28,20 @@ impl Timestamp {
         self.0
     }
 
-    /// Parses RFC 3339; anything finer than a millisecond is truncated.
+    /// Parses RFC 3339; anything finer than a millisecond is truncated. The instant must fall
+    /// in the years 0000 to 9999 in UTC, the years RFC 3339 can write: an offset can carry
+    /// a time written in year 9999 into year 10000, which could not be given back.
     pub fn parse(field: &str, raw: &str) -> Result<Self, ValidationError> {
         DateTime::parse_from_rfc3339(raw)
-            .map(|t| Self(t.timestamp_millis()))
-            .map_err(|_| {
+            .ok()
+            .map(|t| t.timestamp_millis())
+            .filter(|millis| (FIRST_MILLIS..=LAST_MILLIS).contains(millis))
+            .map(Self)
+            .ok_or_else(|| {
                 ValidationError::new(
                     field,
-                    "must be an RFC 3339 time, for example 2026-11-26T08:31:38.123Z",
+                    "must be an RFC 3339 time in the years 0000 to 9999 UTC, for example \
+                     2026-11-26T08:31:38.123Z",
                 )
             })
     }
@@ -63,6 +73,13 @@ mod tests {
     }
 
     #[test]
+    fn takes_the_first_and_last_instants_rfc_3339_can_write() {
+        for edge in ["0000-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z"] {
+            assert_eq!(Timestamp::parse("t", edge).unwrap().to_string(), edge);
+        }
+    }
+
+    #[test]
     fn rejects_non_rfc3339_input() {
         for bad in [
             "",
@@ -70,6 +87,8 @@ mod tests {
             "2026-11-26",
             "2026-11-26 08:31:38",
             "1700000000",
+            "9999-12-31T23:59:59.999-00:01",
+            "0000-01-01T00:00:00+00:01",
         ] {
             assert!(Timestamp::parse("timestamp", bad).is_err(), "{bad:?}");
         }

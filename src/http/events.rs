@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::extract::{from_raw, ApiJson, ApiPath, QueryParams};
+use super::extract::{from_raw, ApiJson, ApiPath, ItemsJson, NoQuery, QueryParams};
 use super::openapi::{ErrorEnvelope, StreamMessage};
 use super::sessions::SortOrder;
 use super::written;
@@ -123,6 +123,7 @@ impl AppendEventBody {
     ))]
 async fn append(
     State(state): State<AppState>,
+    _: NoQuery,
     ApiPath(session_id): ApiPath<String>,
     ApiJson(body): ApiJson<AppendEventBody>,
 ) -> Result<Response, ApiError> {
@@ -211,8 +212,9 @@ impl BatchResult {
     ))]
 async fn append_batch(
     State(state): State<AppState>,
+    _: NoQuery,
     ApiPath(session_id): ApiPath<String>,
-    ApiJson(body): ApiJson<BatchBody>,
+    ItemsJson(body): ItemsJson<BatchBody>,
 ) -> Result<Response, ApiError> {
     let session = SessionId::parse(session_id)?;
     if !(1..=MAX_BATCH).contains(&body.events.len()) {
@@ -255,6 +257,7 @@ async fn append_batch(
     responses((status = 200, description = "The event", body = Event)))]
 async fn read(
     State(state): State<AppState>,
+    _: NoQuery,
     ApiPath((session_id, event_id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     read_event(&state, session_id, event_id).await

@@ -16,6 +16,10 @@ pub struct ApiJson<T>(pub T);
 /// A JSON body that may be left out entirely (no bytes at all).
 pub struct OptionalJson<T>(pub Option<T>);
 
+/// As [`ApiJson`], for a body of items that are judged one by one ([`from_raw`]): an item's
+/// integer beyond 64 bits fails that item, not the whole body.
+pub struct ItemsJson<T>(pub T);
+
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
@@ -45,6 +49,14 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
     })
 }
 
+/// A required body declared as JSON.
+async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    if !is_json(req.headers()) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    read_body(req, state).await
+}
+
 /// The configured body limit, put in request extensions so errors can name it.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
@@ -53,11 +65,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(req.headers()) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-        let bytes = read_body(req, state).await?;
-        parse_json(&bytes).map(ApiJson)
+        parse_json(&json_body(req, state).await?).map(ApiJson)
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ItemsJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        parse_body(&json_body(req, state).await?, Integers::LeftToItems).map(ItemsJson)
     }
 }
 
@@ -77,11 +93,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
     }
 }
 
-/// Parses JSON, telling syntax errors (`invalid_json`) from well-formed JSON of the wrong
-/// shape (`validation_failed`, naming the field).
+/// Parses a JSON object, telling syntax errors (`invalid_json`) from well-formed JSON of the
+/// wrong shape (`validation_failed`, naming the field).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    parse_body(bytes, Integers::Checked)
+}
+
+/// Whether a body's integers are checked against 64 bits with the body or item by item.
+#[derive(Clone, Copy, PartialEq)]
+enum Integers {
+    Checked,
+    LeftToItems,
+}
+
+fn parse_body<T: DeserializeOwned>(bytes: &[u8], integers: Integers) -> Result<T, ApiError> {
     // Tracking the path costs time on every request; only a failed parse needs it.
     if let Ok(value) = serde_json::from_slice(bytes) {
+        whole_object(bytes, integers)?;
         return Ok(value);
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -101,14 +129,85 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })?;
     de.end()
         .map_err(|e| ApiError::InvalidJson(strip_position(&e.to_string())))?;
+    whole_object(bytes, integers)?;
     Ok(value)
+}
+
+/// What serde does not check of a parsed body: that it is an object (its derived structs
+/// also take an array of the fields in order) and that no integer was too big for 64 bits
+/// (serde_json reads one as the nearest float, so two different integers could compare
+/// equal and a changed retry pass as identical).
+fn whole_object(text: &[u8], integers: Integers) -> Result<(), ValidationError> {
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ValidationError::new("", "must be a JSON object"));
+    }
+    if integers == Integers::LeftToItems {
+        return Ok(());
+    }
+    match oversized_integer(text) {
+        Some(field) => Err(ValidationError::new(
+            field,
+            "holds an integer out of range: integers must fit in a signed 64-bit integer",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The top-level field holding the first integer literal of well-formed JSON `text` that
+/// does not fit in an i64, if any. Numbers with a fraction or an exponent are floats.
+fn oversized_integer(text: &[u8]) -> Option<String> {
+    let (mut depth, mut i) = (0_usize, 0);
+    // The last string closed at depth 1, and the key it became when a ':' followed it.
+    let (mut last_string, mut key) = ("", "");
+    while i < text.len() {
+        match text[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b':' if depth == 1 => key = last_string,
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                while i < text.len() && text[i] != b'"' {
+                    i += if text[i] == b'\\' { 2 } else { 1 };
+                }
+                if depth == 1 {
+                    last_string =
+                        std::str::from_utf8(&text[start..i.min(text.len())]).unwrap_or("");
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < text.len() && text[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let float = matches!(text.get(i), Some(b'.' | b'e' | b'E'));
+                // Up to 18 digits always fit; only longer literals need the check.
+                if !float && i - start >= 19 {
+                    let literal = std::str::from_utf8(&text[start..i]).unwrap_or("");
+                    if literal.parse::<i64>().is_err() {
+                        return Some(key.to_owned());
+                    }
+                }
+                while i < text.len()
+                    && matches!(text[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Reads one item of an already parsed body into `T`, naming the field of the first mismatch.
 pub fn from_raw<T: DeserializeOwned>(raw: &RawValue) -> Result<T, ValidationError> {
     // As in `parse_json`: the path is tracked only once the plain parse has failed.
     if let Ok(value) = serde_json::from_str(raw.get()) {
-        return Ok(value);
+        return whole_object(raw.get().as_bytes(), Integers::Checked).map(|()| value);
     }
     let mut de = serde_json::Deserializer::from_str(raw.get());
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -137,6 +236,20 @@ fn field_of(path: &str, message: &str) -> String {
         (".", None) => String::new(),
         (p, Some(name)) => format!("{p}.{name}"),
         (p, None) => p.to_owned(),
+    }
+}
+
+/// For the routes that take no query parameters: any given is refused, as on every route.
+pub struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        QueryParams::from_request_parts(parts, state)
+            .await?
+            .finish()
+            .map(|()| NoQuery)
     }
 }
 
@@ -245,6 +358,61 @@ mod tests {
         assert_eq!(field(r#"{"eventId": "a", "extra": 1}"#), "extra");
         assert_eq!(field(r#"{"eventId": "a", "inner": {"n": 300}}"#), "inner.n");
         assert_eq!(field(r#"{"eventId": "a", "inner": {"m": 1}}"#), "inner.m");
+    }
+
+    #[test]
+    fn refuses_an_array_of_the_fields_in_place_of_the_object() {
+        for shape in [r#"["a", null]"#, r#" ["a"]"#, r#""a""#] {
+            assert_eq!(field(shape), "", "{shape}");
+        }
+        let item = RawValue::from_string(r#"["a", null]"#.to_owned()).unwrap();
+        assert!(from_raw::<Body>(&item).is_err());
+    }
+
+    #[test]
+    fn finds_integers_too_big_for_64_bits_and_the_field_holding_them() {
+        let cases = [
+            (
+                r#"{"a": 1, "payload": {"n": 12345678901234567890123}}"#,
+                Some("payload"),
+            ),
+            (
+                r#"{"metadata": [0, -9223372036854775809]}"#,
+                Some("metadata"),
+            ),
+            (
+                r#"{"payload": {"n": 9223372036854775808}}"#,
+                Some("payload"),
+            ),
+            (
+                r#"{"p": {"k": "x"}, "q\"r": 99999999999999999999}"#,
+                Some("q\\\"r"),
+            ),
+            (
+                r#"{"payload": {"n": -9223372036854775808, "m": 9223372036854775807}}"#,
+                None,
+            ),
+            (
+                r#"{"payload": {"f": 1.5e300, "g": 12345678901234567890.5, "h": 1e400}}"#,
+                None,
+            ),
+            (
+                r#"{"payload": {"s": "12345678901234567890123", "k\"": 1}}"#,
+                None,
+            ),
+        ];
+        for (text, field) in cases {
+            assert_eq!(
+                oversized_integer(text.as_bytes()).as_deref(),
+                field,
+                "{text}"
+            );
+        }
+        let too_big = r#"{"eventId": "a", "inner": {"n": 1}, "x": 100000000000000000000}"#;
+        assert!(matches!(
+            parse_json::<serde_json::Value>(too_big.as_bytes()),
+            Err(ApiError::Validation { field, .. }) if field == "x"
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::events::{limit_and_order, page_request, time_param, EventListParams};
-use super::extract::{ApiJson, ApiPath, OptionalJson, QueryParams};
+use super::extract::{ApiJson, ApiPath, NoQuery, OptionalJson, QueryParams};
 use super::openapi::ErrorEnvelope;
 use super::written;
 use crate::app::AppState;
@@ -207,6 +207,7 @@ fn metadata_filters(pairs: Vec<(String, String)>) -> Result<Vec<(String, String)
     ))]
 async fn create(
     State(state): State<AppState>,
+    _: NoQuery,
     ApiJson(body): ApiJson<CreateSessionBody>,
 ) -> Result<Response, ApiError> {
     let written_session = state.sessions.create(body.parse()?).await?;
@@ -265,6 +266,7 @@ async fn read(
     responses((status = 204, description = "Erased")))]
 async fn erase(
     State(state): State<AppState>,
+    _: NoQuery,
     ApiPath(session_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = SessionId::parse(session_id)?;
@@ -290,6 +292,7 @@ struct CompleteBody {
     ))]
 async fn complete(
     State(state): State<AppState>,
+    _: NoQuery,
     ApiPath(session_id): ApiPath<String>,
     OptionalJson(body): OptionalJson<CompleteBody>,
 ) -> Result<Response, ApiError> {

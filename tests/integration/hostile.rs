@@ -12,6 +12,10 @@ on_both_stores!(
     nul_bytes_are_stored_faithfully_in_values_and_refused_in_keys,
     operator_shaped_input_is_data_never_an_operator,
     hostile_ids_are_refused_everywhere,
+    an_array_of_the_fields_is_no_body_object,
+    integers_beyond_64_bits_are_refused_not_rounded,
+    query_parameters_are_refused_where_a_route_takes_none,
+    times_beyond_what_rfc_3339_can_write_are_refused,
 );
 
 async fn post_raw(app: &TestApp, path: &str, body: String) -> (StatusCode, Value) {
@@ -188,4 +192,117 @@ async fn hostile_ids_are_refused_everywhere(app: TestApp) {
             .await;
         assert_error(status, &body, 400, "validation_failed");
     }
+}
+
+async fn an_array_of_the_fields_is_no_body_object(app: TestApp) {
+    app.create_session("h6").await;
+    for (path, body) in [
+        ("/sessions", r#"["arr1", "en-US", {"k": "v"}]"#),
+        ("/sessions/h6/events", r#"["e1", "t"]"#),
+        (
+            "/sessions/h6/events:batch",
+            r#"[[{"eventId": "e2", "type": "t"}]]"#,
+        ),
+        ("/sessions/h6/complete", r#"["failed"]"#),
+    ] {
+        let (status, body) = post_raw(&app, path, body.to_owned()).await;
+        assert_error(status, &body, 400, "validation_failed");
+    }
+    let (status, body) = post_raw(
+        &app,
+        "/sessions/h6/events:batch",
+        r#"{"events": [["e3", "t"], {"eventId": "e4", "type": "t"}]}"#.to_owned(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["status"], 400);
+    assert_eq!(body["results"][1]["status"], 201);
+    let (_, session) = app.get("/sessions/h6").await;
+    assert_eq!(session["status"], "active", "the array did not complete it");
+    let (status, _) = app.get("/sessions/arr1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+async fn integers_beyond_64_bits_are_refused_not_rounded(app: TestApp) {
+    app.create_session("h7").await;
+    for n in [
+        "12345678901234567890123",
+        "-9223372036854775809",
+        "9223372036854775808",
+    ] {
+        let event = format!(r#"{{"eventId": "n", "type": "t", "payload": {{"amount": {n}}}}}"#);
+        let (status, body) = post_raw(&app, "/sessions/h7/events", event.clone()).await;
+        let details = assert_error(status, &body, 400, "validation_failed");
+        assert_eq!(details["field"], "payload", "{n}");
+        let batch = format!(r#"{{"events": [{event}]}}"#);
+        let (status, body) = post_raw(&app, "/sessions/h7/events:batch", batch).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["results"][0]["error"]["details"]["field"], "payload");
+        let create = format!(r#"{{"sessionId": "h7n", "metadata": {{"n": [{n}]}}}}"#);
+        let (status, body) = post_raw(&app, "/sessions", create).await;
+        let details = assert_error(status, &body, 400, "validation_failed");
+        assert_eq!(details["field"], "metadata", "{n}");
+    }
+    // The edges of i64 and big floats are stored as sent.
+    let event = r#"{"eventId": "edge", "type": "t", "payload":
+        {"min": -9223372036854775808, "max": 9223372036854775807, "f": 1e300}}"#;
+    let (status, body) = post_raw(&app, "/sessions/h7/events", event.to_owned()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, read) = app.get("/sessions/h7/events/edge").await;
+    assert_eq!(read["payload"]["min"], json!(i64::MIN));
+    assert_eq!(read["payload"]["max"], json!(i64::MAX));
+    assert_eq!(read["payload"]["f"], json!(1e300));
+}
+
+async fn query_parameters_are_refused_where_a_route_takes_none(app: TestApp) {
+    app.create_session("h8").await;
+    app.append("h8", json!({"eventId": "e1", "type": "t"}))
+        .await;
+    let event = json!({"eventId": "e2", "type": "t"});
+    let requests = [
+        app.client
+            .post(app.url("/sessions?x=1"))
+            .json(&json!({"sessionId": "h8b"})),
+        app.client
+            .post(app.url("/sessions/h8/events?x=1"))
+            .json(&event),
+        app.client
+            .post(app.url("/sessions/h8/events:batch?x=1"))
+            .json(&json!({"events": [event]})),
+        app.client.get(app.url("/sessions/h8/events/e1?x=1")),
+        app.client
+            .post(app.url("/sessions/h8/complete?status=failed")),
+        app.client.delete(app.url("/sessions/h8?confirm=no")),
+    ];
+    for request in requests {
+        let (status, body) = parts(request.send().await.unwrap()).await;
+        let details = assert_error(status, &body, 400, "validation_failed");
+        assert!(["x", "status", "confirm"].contains(&details["field"].as_str().unwrap()));
+    }
+    // Nothing was done: no session h8b, no e2, h8 open and still there.
+    assert_eq!(app.get("/sessions/h8b").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get("/sessions/h8/events/e2").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(app.get("/sessions/h8").await.1["status"], "active");
+}
+
+async fn times_beyond_what_rfc_3339_can_write_are_refused(app: TestApp) {
+    let (status, body) = app
+        .post(
+            "/sessions",
+            &json!({"sessionId": "h9", "startedAt": "9999-12-31T23:59:59.999-23:59"}),
+        )
+        .await;
+    let details = assert_error(status, &body, 400, "validation_failed");
+    assert_eq!(details["field"], "startedAt");
+    app.create_session("h9").await;
+    let late = json!({"eventId": "e", "type": "t", "timestamp": "0000-01-01T00:00:00+23:59"});
+    let (status, body) = app.post("/sessions/h9/events", &late).await;
+    let details = assert_error(status, &body, 400, "validation_failed");
+    assert_eq!(details["field"], "timestamp");
+    let edge = json!({"eventId": "e", "type": "t", "timestamp": "9999-12-31T23:59:59.999Z"});
+    let stored = app.append("h9", edge).await;
+    assert_eq!(stored["timestamp"], "9999-12-31T23:59:59.999Z");
 }
