@@ -7,8 +7,8 @@ use crate::domain::{
 };
 use crate::feed::SessionFeed;
 use crate::store::{
-    EventFilter, EventPageQuery, EventRepository, Inserted, PageStart, SessionRepository,
-    StoreError,
+    EventFilter, EventPageQuery, EventRepository, Inserted, PageStart, Reservation,
+    SessionRepository, StoreError,
 };
 
 /// How many reservations an append makes while the seqs it draws are held by events that
@@ -16,6 +16,10 @@ use crate::store::{
 /// the first clash the session's counter is raised past every stored seq, so only events
 /// stored since cost another try.
 const SEQ_ATTEMPTS: u32 = 8;
+/// Reservations tried on a session that refuses them and yet reads as open: each such
+/// refusal means it was created in between, which an erase and a create must repeat to
+/// cause again.
+const RESERVE_ATTEMPTS: u32 = 3;
 
 /// Where a requested page starts, as the client asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,12 +98,16 @@ impl EventService {
     ) -> Result<Written<Event>, ServiceError> {
         let stamped = new.timestamp.is_some();
         for attempt in 1..=SEQ_ATTEMPTS {
-            let reserved = self
-                .sessions
-                .reserve_seqs(session, 1, Timestamp::now())
-                .await?;
-            let Some(slot) = reserved else {
-                return self.append_to_unavailable_session(session, &new).await;
+            let slot = match self.reserve(session, 1).await {
+                Ok(slot) => slot,
+                Err(
+                    refused @ (ServiceError::SessionNotFound(_) | ServiceError::SessionClosed(_)),
+                ) => {
+                    return self
+                        .append_to_unavailable_session(session, refused, &new)
+                        .await
+                }
+                Err(e) => return Err(e),
             };
             let event = new.into_event(session.clone(), slot.first_seq, slot.received_at);
             match self.events.insert(&event).await {
@@ -182,16 +190,17 @@ impl EventService {
         }
     }
 
-    /// The session is missing or closed: only a replay of an already stored event succeeds.
+    /// The session is missing or closed (`refused` says which): only a replay of an already
+    /// stored event succeeds.
     async fn append_to_unavailable_session(
         &self,
         session: &SessionId,
+        refused: ServiceError,
         new: &NewEvent,
     ) -> Result<Written<Event>, ServiceError> {
-        let refusal = self.refusal(session).await;
         match self.events.get(session, &new.event_id).await? {
             Some(stored) => compare(new, stored),
-            None => Err(refusal),
+            None => Err(refused),
         }
     }
 
@@ -204,12 +213,26 @@ impl EventService {
         }
     }
 
-    /// Why a session refused a reservation: it is missing or closed.
-    async fn refusal(&self, session: &SessionId) -> ServiceError {
-        match self.require_open(session).await {
-            Err(refusal) => refusal,
-            Ok(()) => StoreError::Backend("an open session refused a reservation".into()).into(),
+    /// Reserves `count` seqs, failing with 404 or 409 when the session is missing or closed.
+    /// A session found open after refusing was created (or created again) since: it is asked
+    /// again.
+    async fn reserve(
+        &self,
+        session: &SessionId,
+        count: usize,
+    ) -> Result<Reservation, ServiceError> {
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        for _ in 0..RESERVE_ATTEMPTS {
+            let reserved = self
+                .sessions
+                .reserve_seqs(session, count, Timestamp::now())
+                .await?;
+            if let Some(slot) = reserved {
+                return Ok(slot);
+            }
+            self.require_open(session).await?;
         }
+        Err(StoreError::Backend("an open session kept refusing reservations".into()).into())
     }
 
     /// Appends many events with one reservation and one bulk insert. Each item is judged by
@@ -231,17 +254,7 @@ impl EventService {
                 .map(BatchItem::Invalid)
                 .collect());
         }
-        let reserved = self
-            .sessions
-            .reserve_seqs(
-                session,
-                u32::try_from(count).unwrap_or(u32::MAX),
-                Timestamp::now(),
-            )
-            .await?;
-        let Some(slot) = reserved else {
-            return Err(self.refusal(session).await);
-        };
+        let slot = self.reserve(session, count).await?;
         // Each valid item becomes its event, in order; `stamped` keeps whether it carried a
         // timestamp, which a refused item's comparison with the stored event needs.
         let (mut events, mut stamped) = (Vec::with_capacity(count), Vec::with_capacity(count));
@@ -271,17 +284,17 @@ impl EventService {
                 return Err(seqs_kept_taken());
             }
             self.pass_stored_seqs(session).await?;
-            let reserved = self
-                .sessions
-                .reserve_seqs(session, taken.len() as u32, Timestamp::now())
-                .await?;
-            let Some(slot) = reserved else {
-                refusal = Some(match self.refusal(session).await {
-                    ServiceError::SessionNotFound(id) => Refusal::NotFound(id),
-                    ServiceError::SessionClosed(closed) => Refusal::Closed(closed),
-                    other => return Err(other),
-                });
-                break;
+            let slot = match self.reserve(session, taken.len()).await {
+                Ok(slot) => slot,
+                Err(ServiceError::SessionNotFound(id)) => {
+                    refusal = Some(Refusal::NotFound(id));
+                    break;
+                }
+                Err(ServiceError::SessionClosed(closed)) => {
+                    refusal = Some(Refusal::Closed(closed));
+                    break;
+                }
+                Err(other) => return Err(other),
             };
             let retried: Vec<Event> = (slot.first_seq..)
                 .zip(&taken)
@@ -434,8 +447,10 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
+    use std::sync::atomic::Ordering;
+
     use crate::domain::{EventType, FinalStatus, JsonObject};
-    use crate::service::testing::open_session;
+    use crate::service::testing::{open_session, Sessions};
     use crate::store::MemoryStore;
 
     fn new_event(id: &str) -> NewEvent {
@@ -668,5 +683,32 @@ mod tests {
             "{:?}",
             items[0]
         );
+    }
+
+    /// An append whose reservation missed a session created right after it asks again and
+    /// stores the event, instead of failing as a store fault (500).
+    #[tokio::test]
+    async fn an_append_racing_its_sessions_create_is_stored() {
+        for batch in [false, true] {
+            let memory = Arc::new(MemoryStore::default());
+            let sessions = Sessions::new(&memory);
+            sessions.miss_next_reservation.store(true, Ordering::SeqCst);
+            let events = EventService::new(
+                Arc::new(sessions),
+                Arc::clone(&memory) as _,
+                Arc::new(SessionFeed::default()),
+            );
+            let session = SessionId::parse("call-1").unwrap();
+            let seq = if batch {
+                let items = events.append_batch(&session, vec![Ok(new_event("e"))]);
+                seq_of(&items.await.unwrap()[0])
+            } else {
+                match events.append(&session, new_event("e")).await.unwrap() {
+                    Written::Created(e) => e.seq,
+                    Written::Existing(e) => panic!("a replay: {e:?}"),
+                }
+            };
+            assert_eq!(seq, 1, "batch: {batch}");
+        }
     }
 }

@@ -157,6 +157,9 @@ impl Tail {
         mut session: Session,
     ) {
         let mut closed_since = (!session.status.is_open()).then(Instant::now);
+        // A close was signalled and the session not yet read since: a failed read is tried
+        // again, since no other signal will come for that close.
+        let mut close_unread = false;
         loop {
             let mut wake = match self.deliver(false, &subscription).await {
                 Err(Gone) => return,
@@ -173,27 +176,35 @@ impl Tail {
                     wake = earliest(wake, Some(since + self.gap_wait));
                 }
             }
+            if close_unread {
+                wake = earliest(wake, Some(Instant::now() + RETRY));
+            }
             let mut stop = self.stop.clone();
             tokio::select! {
                 changes = subscription.changed() => {
-                    if changes.closes != seen.closes && closed_since.is_none() {
-                        match self.sessions.get(&self.session).await {
-                            Ok(Some(now)) if !now.status.is_open() => {
-                                session = now;
-                                closed_since = Some(Instant::now());
-                            }
-                            // Erased: there is nothing left to follow.
-                            Ok(None) => return,
-                            Ok(Some(_)) => {}
-                            Err(e) => tracing::warn!(error = %e, "live stream could not read its session"),
-                        }
-                    }
+                    close_unread |= changes.closes != seen.closes;
                     seen = changes;
                 }
                 () = sleep_until(wake) => {}
                 () = self.sender.closed() => return,
                 () = stopped(&mut stop) => return,
             }
+            if close_unread && closed_since.is_none() {
+                match self.sessions.get(&self.session).await {
+                    Ok(Some(now)) if !now.status.is_open() => {
+                        session = now;
+                        closed_since = Some(Instant::now());
+                    }
+                    // Erased: there is nothing left to follow.
+                    Ok(None) => return,
+                    Ok(Some(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live stream could not read its session; retrying");
+                        continue;
+                    }
+                }
+            }
+            close_unread = false;
         }
     }
 
@@ -425,8 +436,8 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::domain::{EventId, EventType, JsonObject};
-    use crate::service::testing::open_session;
+    use crate::domain::{EventId, EventType, FinalStatus, JsonObject};
+    use crate::service::testing::{open_session, Sessions};
     use crate::store::{Inserted, MemoryStore};
 
     const GAP_WAIT: Duration = Duration::from_millis(500);
@@ -694,6 +705,39 @@ mod tests {
         );
         assert_eq!(next_seq(&mut messages).await, Some(3));
         assert!(messages.try_recv().is_err(), "5 waits");
+    }
+
+    /// The read of the session after a close fails: the stream reads it again and ends,
+    /// though no further signal comes (with change streams, none would).
+    #[tokio::test(start_paused = true)]
+    async fn a_close_whose_session_read_failed_is_read_again() {
+        let h = Harness::new().await;
+        let sessions = Arc::new(Sessions::new(&h.memory));
+        let live = LiveService::new(
+            Arc::clone(&sessions) as _,
+            Arc::clone(&h.store) as _,
+            Arc::clone(&h.feed),
+            100,
+            GAP_WAIT,
+            h.stop.subscribe(),
+        );
+        let mut messages = live.tail(&h.session, 0).await.unwrap();
+        settle().await;
+        sessions.fail_next_get.store(true, Ordering::SeqCst);
+        let closed = h
+            .memory
+            .close(&h.session, FinalStatus::Completed, Timestamp::now());
+        assert!(closed.await.unwrap().is_some());
+        h.feed.closed(&h.session);
+        let last = tokio::time::timeout(Duration::from_secs(30), messages.recv()).await;
+        assert!(
+            matches!(last, Ok(Some(TailMessage::Closed(_)))),
+            "the stream did not end"
+        );
+        assert!(
+            !sessions.fail_next_get.load(Ordering::SeqCst),
+            "the read failed"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,7 +1,16 @@
 //! What the services' unit tests share.
 
-use crate::domain::{JsonObject, NewSession, SessionId, SessionStatus, Timestamp};
-use crate::store::{MemoryStore, SessionRepository};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    FinalStatus, JsonObject, NewSession, Session, SessionId, SessionStatus, Timestamp,
+};
+use crate::store::{
+    CreateOutcome, MemoryStore, Reservation, SessionPageQuery, SessionRepository, StoreError,
+};
 
 /// Creates the active session `call-1` in `memory`.
 pub async fn open_session(memory: &MemoryStore) -> SessionId {
@@ -15,4 +24,68 @@ pub async fn open_session(memory: &MemoryStore) -> SessionId {
     };
     memory.create(new, Timestamp::now()).await.unwrap();
     session
+}
+
+/// The in-memory session store, with a race or a failure set up for the next call.
+pub struct Sessions {
+    pub memory: Arc<MemoryStore>,
+    /// The next reservation misses the session, which `open_session` creates right after.
+    pub miss_next_reservation: AtomicBool,
+    /// The next read fails as an unavailable database.
+    pub fail_next_get: AtomicBool,
+}
+
+impl Sessions {
+    pub fn new(memory: &Arc<MemoryStore>) -> Self {
+        Self {
+            memory: Arc::clone(memory),
+            miss_next_reservation: AtomicBool::new(false),
+            fail_next_get: AtomicBool::new(false),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionRepository for Sessions {
+    async fn create(&self, new: NewSession, now: Timestamp) -> Result<CreateOutcome, StoreError> {
+        self.memory.create(new, now).await
+    }
+    async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        if self.fail_next_get.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the test failed this read".into()));
+        }
+        self.memory.get(id).await
+    }
+    async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError> {
+        self.memory.list(query).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+        self.memory.delete(id).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.memory.ping().await
+    }
+    async fn reserve_seqs(
+        &self,
+        id: &SessionId,
+        count: u32,
+        now: Timestamp,
+    ) -> Result<Option<Reservation>, StoreError> {
+        if self.miss_next_reservation.swap(false, Ordering::SeqCst) {
+            open_session(&self.memory).await;
+            return Ok(None);
+        }
+        self.memory.reserve_seqs(id, count, now).await
+    }
+    async fn close(
+        &self,
+        id: &SessionId,
+        status: FinalStatus,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        self.memory.close(id, status, now).await
+    }
+    async fn raise_seq(&self, id: &SessionId, seq: i64) -> Result<(), StoreError> {
+        self.memory.raise_seq(id, seq).await
+    }
 }
