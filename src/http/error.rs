@@ -28,6 +28,8 @@ pub enum ApiError {
     NotReady,
     #[error("the request body stopped arriving")]
     BodyTimeout,
+    #[error("the request body could not be read: {0}")]
+    BodyUnreadable(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
     #[error("internal error")]
@@ -85,6 +87,7 @@ impl ApiError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout", None),
+            Self::BodyUnreadable(_) => (StatusCode::BAD_REQUEST, "invalid_body", None),
             Self::Service(S::SessionNotFound(_)) => {
                 (StatusCode::NOT_FOUND, "session_not_found", None)
             }

@@ -276,13 +276,28 @@ async fn read_event(
 /// A client asking for JSON and not for an event stream means the event whose id is
 /// "stream"; anyone else (browsers' EventSource, curl's `*/*`) gets the live tail.
 fn wants_json_not_stream(headers: &HeaderMap) -> bool {
-    let accept = headers
+    let (mut json, mut stream) = (false, false);
+    // Media ranges, matched without regard to case; `q=0` means "not this one".
+    let ranges = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    accept.contains("application/json") && !accept.contains("text/event-stream")
+        .flat_map(|v| v.split(','));
+    for range in ranges {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        let refused = parts.any(|p| {
+            p.split_once('=').is_some_and(|(name, q)| {
+                name.trim().eq_ignore_ascii_case("q") && q.trim().parse::<f32>() == Ok(0.0)
+            })
+        });
+        if media.eq_ignore_ascii_case("application/json") {
+            json |= !refused;
+        } else if media.eq_ignore_ascii_case("text/event-stream") {
+            stream |= !refused;
+        }
+    }
+    json && !stream
 }
 
 /// The seq to resume after: `Last-Event-ID` (a reconnecting EventSource), else `afterSeq`,
@@ -297,14 +312,18 @@ fn resume_after(headers: &HeaderMap, query: &mut QueryParams) -> Result<i64, Api
                 ApiError::validation(field, "must be an event seq: an integer of 0 or more")
             })
     };
-    let query_position = query.take("afterSeq")?;
+    // A bad afterSeq is refused even when the header wins over it.
+    let query_position = query
+        .take("afterSeq")?
+        .map(|raw| parse("afterSeq", &raw))
+        .transpose()?;
     if let Some(header) = headers.get("last-event-id") {
         let raw = header
             .to_str()
             .map_err(|_| ApiError::validation("Last-Event-ID", "must be an event seq"))?;
         return parse("Last-Event-ID", raw);
     }
-    query_position.map_or(Ok(0), |raw| parse("afterSeq", &raw))
+    Ok(query_position.unwrap_or(0))
 }
 
 /// Follow a session live over Server-Sent Events: the stored events after a position, then

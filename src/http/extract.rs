@@ -4,8 +4,9 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
-use serde_json::error::Category;
 use serde_json::value::RawValue;
+use std::error::Error;
+use tower_http::timeout::TimeoutError;
 
 use super::error::ApiError;
 use crate::domain::ValidationError;
@@ -42,11 +43,26 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(limit)
-        } else {
-            // The body stopped arriving: it paused past BODY_READ_TIMEOUT_SECS.
+        } else if paused_too_long(&rejection) {
             ApiError::BodyTimeout
+        } else {
+            // Broken framing, such as a chunk size that is not hexadecimal.
+            let cause = causes(&rejection)
+                .last()
+                .map_or_else(String::new, ToString::to_string);
+            ApiError::BodyUnreadable(cause)
         }
     })
+}
+
+/// Whether the body failed because it paused past `BODY_READ_TIMEOUT_SECS`.
+fn paused_too_long(rejection: &(dyn Error + 'static)) -> bool {
+    causes(rejection).any(|e| e.is::<TimeoutError>())
+}
+
+/// The error and its sources, outermost first.
+fn causes<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(err), |&e| e.source())
 }
 
 /// A required body declared as JSON.
@@ -119,12 +135,12 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8], integers: Integers) -> Result<T
         let message = strip_position(&inner.to_string());
         // Deserialization stops at the first mismatch, which may come before a syntax error
         // further on: malformed JSON must be reported as such whatever it contains.
-        let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
-        match inner.classify() {
-            Category::Data if well_formed => {
-                ApiError::validation(field_of(&path, &message), message)
-            }
-            _ => ApiError::InvalidJson(message),
+        // Well-formed JSON that does not fit is a shape error, whatever serde_json calls
+        // it: it reports `null` where a string was expected as a syntax error.
+        if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+            ApiError::validation(field_of(&path, &message), message)
+        } else {
+            ApiError::InvalidJson(message)
         }
     })?;
     de.end()

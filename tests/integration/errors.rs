@@ -6,6 +6,7 @@ use crate::helpers::{assert_error, on_both_stores, parts, TestApp};
 on_both_stores!(
     a_body_without_json_content_type_is_unsupported_media_type,
     malformed_json_is_invalid_json,
+    well_formed_json_of_the_wrong_shape_is_a_validation_error,
     a_body_over_the_limit_is_payload_too_large,
     unknown_routes_and_methods_get_json_errors,
     request_ids_are_echoed_when_usable_and_generated_otherwise,
@@ -77,6 +78,25 @@ async fn malformed_json_is_invalid_json(app: TestApp) {
     let (status, response) =
         send(&app, "/sessions/m2/events", Some("application/json"), &body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{response}");
+}
+
+async fn well_formed_json_of_the_wrong_shape_is_a_validation_error(app: TestApp) {
+    app.create_session("m3").await;
+    for (path, body, field) in [
+        ("/sessions/m3/complete", r#"{"status": null}"#, "status"),
+        ("/sessions/m3/complete", r#"{"status": 5}"#, "status"),
+        ("/sessions/m3/complete", r#"{"status": "done"}"#, "status"),
+        ("/sessions", r#"{"sessionId": null}"#, "sessionId"),
+        (
+            "/sessions/m3/events",
+            r#"{"eventId": "e", "type": ["t"]}"#,
+            "type",
+        ),
+    ] {
+        let (status, response) = send(&app, path, Some("application/json"), body).await;
+        let details = assert_error(status, &response, 400, "validation_failed");
+        assert_eq!(details["field"], field, "{body}");
+    }
 }
 
 async fn a_body_over_the_limit_is_payload_too_large(app: TestApp) {

@@ -292,6 +292,7 @@ async fn stream_requests_are_validated(app: TestApp) {
         (Some("x"), "", "Last-Event-ID"),
         (Some("-1"), "", "Last-Event-ID"),
         (None, "?afterSeq=abc", "afterSeq"),
+        (Some("1"), "?afterSeq=abc", "afterSeq"),
         (None, "?limit=5", "limit"),
     ] {
         let mut request = app
@@ -329,6 +330,36 @@ async fn stream_requests_are_validated(app: TestApp) {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["eventId"], "stream");
+    // Media types are matched without regard to case, and q=0 refuses one.
+    for accept in [
+        "Application/JSON",
+        "application/json, text/event-stream;q=0",
+        "text/html, application/json;q=0.5",
+    ] {
+        let response = app.client.get(app.url("/sessions/l5/events/stream"));
+        let (status, body) = parts(response.header("accept", accept).send().await.unwrap()).await;
+        assert_eq!(
+            (status, &body["eventId"]),
+            (StatusCode::OK, &json!("stream")),
+            "{accept}"
+        );
+    }
+    for accept in [
+        "application/json;q=0",
+        "application/json, Text/Event-Stream",
+        "application/jsonl",
+    ] {
+        let response = app.client.get(app.url("/sessions/l5/events/stream"));
+        let response = response.header("accept", accept).send().await.unwrap();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{accept}: {content_type}"
+        );
+    }
 }
 
 mod memory_only {

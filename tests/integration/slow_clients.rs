@@ -190,6 +190,19 @@ mod memory_only {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_with_broken_chunks_gets_400_not_408() {
+        let app = spawn_app_with(Backend::Memory, |_| {}).await;
+        let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+        stream
+            .write_all(b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let (reply, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        assert!(reply.contains("invalid_body"), "{reply}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_past_the_limit_are_closed_and_a_freed_slot_is_reused() {
         let app = spawn_app_with(Backend::Memory, |c| c.max_connections = 5).await;
         let mut held = Vec::new();
