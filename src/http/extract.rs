@@ -172,6 +172,15 @@ fn whole_object(text: &[u8], integers: Integers) -> Result<(), ValidationError> 
 /// The top-level field holding the first integer literal of well-formed JSON `text` that
 /// does not fit in an i64, if any. Numbers with a fraction or an exponent are floats.
 fn oversized_integer(text: &[u8]) -> Option<String> {
+    // Up to 18 digits always fit: most bodies have no longer run of digits at all.
+    let mut run = 0_u8;
+    let long_run = text.iter().any(|b| {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        run == 19
+    });
+    if !long_run {
+        return None;
+    }
     let (mut depth, mut i) = (0_usize, 0);
     // The last string closed at depth 1, and the key it became when a ':' followed it.
     let (mut last_string, mut key) = ("", "");
@@ -198,7 +207,6 @@ fn oversized_integer(text: &[u8]) -> Option<String> {
                     i += 1;
                 }
                 let float = matches!(text.get(i), Some(b'.' | b'e' | b'E'));
-                // Up to 18 digits always fit; only longer literals need the check.
                 if !float && i - start >= 19 {
                     let literal = std::str::from_utf8(&text[start..i]).unwrap_or("");
                     if literal.parse::<i64>().is_err() {
