@@ -554,10 +554,7 @@ mod tests {
         }
 
         async fn erase(&self, session: &SessionId) {
-            self.memory.delete_session_events(session).await.unwrap();
-            assert!(SessionRepository::delete(&*self.memory, session)
-                .await
-                .unwrap());
+            assert!(self.memory.begin_erase(session).await.unwrap());
         }
     }
 

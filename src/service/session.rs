@@ -122,9 +122,11 @@ impl SessionService {
 
     /// Erases the session and all its events; afterwards the id is free again.
     pub async fn erase(&self, id: &SessionId) -> Result<(), ServiceError> {
-        // The session goes first, so that no new append can reserve a seq; then its events.
-        let existed = self.sessions.delete(id).await?;
+        // The session is marked first, so that no new append can reserve a seq; then its
+        // events go; only then is the id free, so the events deleted are all its own.
+        let existed = self.sessions.begin_erase(id).await?;
         self.events.delete_session_events(id).await?;
+        self.sessions.delete(id).await?;
         self.feed.closed(id);
         if existed {
             Ok(())

@@ -59,7 +59,10 @@ impl SessionRepository for Sessions {
     async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError> {
         self.memory.list(query).await
     }
-    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+    async fn begin_erase(&self, id: &SessionId) -> Result<bool, StoreError> {
+        self.memory.begin_erase(id).await
+    }
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         self.memory.delete(id).await
     }
     async fn ping(&self) -> Result<(), StoreError> {

@@ -76,7 +76,11 @@ impl<S: SessionRepository> SessionRepository for Metered<S> {
         self.timed("list_sessions", self.inner.list(query)).await
     }
 
-    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
+    async fn begin_erase(&self, id: &SessionId) -> Result<bool, StoreError> {
+        self.timed("begin_erase", self.inner.begin_erase(id)).await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
         self.timed("delete_session", self.inner.delete(id)).await
     }
 

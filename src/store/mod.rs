@@ -173,9 +173,16 @@ pub trait SessionRepository: Send + Sync {
     /// One page of sessions matching the query's filter.
     async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError>;
 
-    /// Erases the session document; `false` when there was none. Its events are erased
-    /// separately, through [`EventRepository::delete_session_events`].
-    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError>;
+    /// Starts erasing the session; `false` when there was none. From then on it reads as
+    /// missing and takes no reservation and no close, and its id cannot be created again
+    /// (a create fails with [`StoreError::Unavailable`]) until [`Self::delete`] finishes
+    /// the erasure: so its events, erased in between through
+    /// [`EventRepository::delete_session_events`], can only be its own.
+    async fn begin_erase(&self, id: &SessionId) -> Result<bool, StoreError>;
+
+    /// Finishes an erasure begun by [`Self::begin_erase`]: the id is free again. A session
+    /// not being erased is left alone.
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError>;
 
     /// Whether the store answers: a round trip to the database, or nothing in memory.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -122,6 +122,10 @@ struct SessionDoc {
     /// every retry that found it.
     #[serde(default)]
     create_token: Option<String>,
+    /// Set while the session is being erased (`begin_erase`): it reads as missing, and its
+    /// id cannot be created again until its events are gone.
+    #[serde(default)]
+    erasing: bool,
 }
 
 /// What an append needs back from the session: its new seq and clock.
@@ -238,6 +242,7 @@ impl MongoStore {
         Ok(())
     }
 
+    /// The session document, also one being erased.
     async fn find_session(&self, id: &SessionId) -> Result<Option<SessionDoc>, StoreError> {
         self.sessions
             .find_one(doc! {"_id": id.as_str()})
@@ -640,6 +645,11 @@ impl SessionRepository for MongoStore {
                 Err(e) if is_duplicate_key(&e) => continue,
                 Err(e) => return Err(classify(e)),
             };
+            if stored.erasing {
+                return Err(StoreError::Unavailable(
+                    "the session id is being erased; create it again once that is done".into(),
+                ));
+            }
             let created = stored.create_token.as_deref() == Some(token.as_str());
             let stored = stored.into_session()?;
             return Ok(if created {
@@ -655,16 +665,27 @@ impl SessionRepository for MongoStore {
 
     async fn get(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
         let found = self.find_session(id).await?;
-        found.map(SessionDoc::into_session).transpose()
+        found
+            .filter(|doc| !doc.erasing)
+            .map(SessionDoc::into_session)
+            .transpose()
     }
 
-    async fn delete(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let deleted = self
+    async fn begin_erase(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let marked = self
             .sessions
-            .delete_one(doc! {"_id": id.as_str()})
+            .update_one(doc! {"_id": id.as_str()}, doc! {"$set": {"erasing": true}})
             .await
             .map_err(classify)?;
-        Ok(deleted.deleted_count > 0)
+        Ok(marked.matched_count > 0)
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+        self.sessions
+            .delete_one(doc! {"_id": id.as_str(), "erasing": true})
+            .await
+            .map_err(classify)?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -706,7 +727,7 @@ impl SessionRepository for MongoStore {
             .sessions
             .clone_with_type::<ReservationDoc>()
             .find_one_and_update(
-                doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}},
+                doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}, "erasing": {"$ne": true}},
                 doc! {
                     "$inc": {"lastSeq": i64::from(count)},
                     "$set": {"status": SessionStatus::Active.as_str()},
@@ -733,7 +754,7 @@ impl SessionRepository for MongoStore {
         let closed = self
             .sessions
             .find_one_and_update(
-                doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}},
+                doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}, "erasing": {"$ne": true}},
                 doc! {
                     // closedAt is for the retention TTL index only; the API's endedAt is the
                     // session clock, updatedAt.
@@ -948,7 +969,8 @@ fn page_filter(session: &SessionId, query: &EventPageQuery) -> Document {
 /// The filter of a sessions listing, with the keyset condition as a rooted `$or`.
 fn session_filter(query: &SessionPageQuery) -> Document {
     let f = &query.filter;
-    let mut base = Document::new();
+    // Sessions being erased are not listed.
+    let mut base = doc! {"erasing": {"$ne": true}};
     match f.statuses.as_slice() {
         [] => {}
         [one] => {

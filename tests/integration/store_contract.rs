@@ -52,6 +52,7 @@ contract!(
     pages_apply_type_and_time_filters_with_cursors,
     after_seq_pages_follow_seq_order,
     sessions_list_by_start_time_with_filters,
+    an_erasure_deletes_only_its_own_sessions_events,
 );
 
 async fn mongo_store() -> Arc<MongoStore> {
@@ -512,4 +513,58 @@ async fn sessions_list_by_start_time_with_filters(store: Arc<impl Store>) {
         walk(window, Order::Asc).await,
         ["s03", "s05", "s06", "s07", "s08"]
     );
+}
+
+/// Between the start and the end of an erasure, the session reads as missing and takes
+/// nothing; a create of its id either waits for the end (MongoDB: 503) or makes a new
+/// session (memory: the whole erasure happened at once), whose events the erasure leaves.
+async fn an_erasure_deletes_only_its_own_sessions_events(store: Arc<impl Store>) {
+    let list = SessionPageQuery {
+        filter: SessionFilter::default(),
+        order: Order::Asc,
+        after: None,
+        limit: 10,
+    };
+    let at = Timestamp::from_millis(1);
+    store.create(new_session("a", "x"), at).await.unwrap();
+    store.insert(&event("a", "old", 10, 1)).await.unwrap();
+    assert!(store.begin_erase(&sid("a")).await.unwrap());
+    assert!(!store.begin_erase(&sid("none")).await.unwrap());
+    assert!(SessionRepository::get(&*store, &sid("a"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .reserve_seqs(&sid("a"), 1, at)
+        .await
+        .unwrap()
+        .is_none());
+    let closed = store.close(&sid("a"), FinalStatus::Completed, at).await;
+    assert!(closed.unwrap().is_none());
+    assert!(store.list(&list).await.unwrap().is_empty());
+    let recreated = match store.create(new_session("a", "y"), at).await {
+        Ok(CreateOutcome::Created(_)) => {
+            assert_eq!(next_seq(&*store, "a").await, 1);
+            store.insert(&event("a", "new", 10, 1)).await.unwrap();
+            true
+        }
+        Err(StoreError::Unavailable(_)) => false,
+        other => panic!("a create during the erasure: {other:?}"),
+    };
+    store.delete_session_events(&sid("a")).await.unwrap();
+    store.delete(&sid("a")).await.unwrap();
+    let kept = EventRepository::get(&*store, &sid("a"), &EventId::parse("new").unwrap()).await;
+    let gone = EventRepository::get(&*store, &sid("a"), &EventId::parse("old").unwrap()).await;
+    assert!(gone.unwrap().is_none());
+    if recreated {
+        assert!(
+            kept.unwrap().is_some(),
+            "the new session's event was erased"
+        );
+        let session = SessionRepository::get(&*store, &sid("a")).await.unwrap();
+        assert!(session.is_some(), "the new session was erased");
+    } else {
+        let again = store.create(new_session("a", "y"), at).await.unwrap();
+        assert!(matches!(again, CreateOutcome::Created(_)), "{again:?}");
+    }
 }
