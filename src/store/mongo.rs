@@ -567,6 +567,8 @@ fn event_from_raw(doc: &RawDocument) -> Result<Event, StoreError> {
             ("payload", RawBsonRef::Document(d)) => payload = Some(d),
             ("timestamp", RawBsonRef::DateTime(t)) => timestamp = Some(t),
             ("seq", RawBsonRef::Int64(n)) => seq = Some(n),
+            // Only written by hand (a shell writes small numbers as Int32).
+            ("seq", RawBsonRef::Int32(n)) => seq = Some(i64::from(n)),
             ("receivedAt", RawBsonRef::DateTime(t)) => received_at = Some(t),
             _ => {}
         }
@@ -647,7 +649,9 @@ impl SessionRepository for MongoStore {
             };
             if stored.erasing {
                 return Err(StoreError::Unavailable(
-                    "the session id is being erased; create it again once that is done".into(),
+                    "the session id is being erased: retry the create once that is done, \
+                     or send the DELETE again if no erasure is under way"
+                        .into(),
                 ));
             }
             let created = stored.create_token.as_deref() == Some(token.as_str());
@@ -1014,6 +1018,41 @@ fn session_filter(query: &SessionPageQuery) -> Document {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Documents written by earlier versions (through serde) and by this one (raw) read
+    /// alike, and this one writes the same bytes.
+    #[test]
+    fn events_read_and_write_as_the_documents_earlier_versions_stored() {
+        let when = BsonDateTime::from_millis(1_795_680_000_123);
+        let stored = doc! {
+            "_id": mongodb::bson::oid::ObjectId::new(), "sessionId": "s-1", "eventId": "e-1",
+            "type": "user_speech", "payload": {"text": "hi", "n": 5_i64, "f": 0.5, "l": [1_i64, {"k": null}]},
+            "timestamp": when, "seq": 7_i64, "receivedAt": when,
+        };
+        let raw = RawDocumentBuf::from_document(&stored).unwrap();
+        let event = event_from_raw(&raw).unwrap();
+        assert_eq!(
+            (event.seq, event.timestamp.millis()),
+            (7, when.timestamp_millis())
+        );
+        assert_eq!(
+            event.payload.as_map()["l"],
+            serde_json::json!([1, {"k": null}])
+        );
+        let mut written = stored.clone();
+        written.remove("_id");
+        assert_eq!(
+            event_to_raw(&event).as_bytes(),
+            RawDocumentBuf::from_document(&written).unwrap().as_bytes()
+        );
+        let mut by_hand = stored;
+        by_hand.insert("seq", 7_i32);
+        let raw = RawDocumentBuf::from_document(&by_hand).unwrap();
+        assert_eq!(event_from_raw(&raw).unwrap().seq, 7);
+        by_hand.remove("payload");
+        let raw = RawDocumentBuf::from_document(&by_hand).unwrap();
+        assert!(event_from_raw(&raw).is_err());
+    }
 
     #[test]
     fn a_taken_key_is_read_from_the_index_name_not_from_the_key_values() {
