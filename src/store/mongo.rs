@@ -15,7 +15,7 @@ use mongodb::{Client, Collection, Cursor, IndexModel};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::bson_json::{document_to_object, object_to_document, object_to_raw, raw_to_object};
+use super::bson_json::{object_to_raw, raw_to_object};
 use super::{
     CreateOutcome, EventFilter, EventPageQuery, EventRepository, Inserted, PageStart, Reservation,
     SessionPageQuery, SessionRepository, StoreError,
@@ -112,7 +112,7 @@ struct SessionDoc {
     id: String,
     status: SessionStatus,
     language: Option<String>,
-    metadata: Document,
+    metadata: RawDocumentBuf,
     started_at: BsonDateTime,
     /// The session's clock: advanced by every append and by the close, never moved back.
     /// A closed session ended at this instant.
@@ -533,7 +533,7 @@ impl SessionDoc {
                 .map(Language::parse)
                 .transpose()
                 .map_err(corrupt)?,
-            metadata: JsonObject::from_stored(document_to_object(self.metadata)),
+            metadata: JsonObject::from_stored(raw_to_object(&self.metadata).map_err(corrupt)?),
             started_at: time_of(self.started_at),
             ended_at: closed.then(|| time_of(self.updated_at)),
             updated_at: time_of(self.updated_at),
@@ -613,7 +613,8 @@ impl SessionRepository for MongoStore {
         let on_insert = doc! {
             "status": session.status.as_str(),
             "language": session.language.as_ref().map(|l| l.as_str()),
-            "metadata": object_to_document(session.metadata.as_map()),
+            // The update's document model needs a Document; a create converts just one.
+            "metadata": object_to_raw(session.metadata.as_map()).to_document().map_err(corrupt)?,
             "startedAt": bson_time(session.started_at),
             "updatedAt": bson_time(session.updated_at),
             "lastSeq": 0_i64,
@@ -787,7 +788,6 @@ impl EventRepository for MongoStore {
     async fn last_seq(&self, session: &SessionId) -> Result<Option<i64>, StoreError> {
         let last = self
             .events
-            .clone_with_type::<Document>()
             .find_one(doc! {"sessionId": session.as_str()})
             .sort(doc! {"seq": -1})
             .projection(doc! {"_id": 0, "seq": 1})
