@@ -208,7 +208,7 @@ impl BatchResult {
     request_body = BatchBody,
     responses(
         (status = 200, description = "One result per event, in request order", body = BatchResponse),
-        (status = 409, description = "`session_closed`: the whole batch is refused", body = ErrorEnvelope),
+        (status = 409, description = "`session_closed`: the whole batch is refused, none of its events being stored", body = ErrorEnvelope),
     ))]
 async fn append_batch(
     State(state): State<AppState>,

@@ -237,7 +237,8 @@ impl EventService {
 
     /// Appends many events with one reservation and one bulk insert. Each item is judged by
     /// the single-event rules; accepted items get seqs rising in request order. A missing or
-    /// closed session fails the whole batch. After an erase race (items whose seqs an erased
+    /// closed session stores nothing: it fails the whole batch unless some items are stored
+    /// already, which then come back as retries, and the rest as refused. After an erase race (items whose seqs an erased
     /// session's leftovers hold) neither holds for those items: see DESIGN.md, "Batch
     /// ingestion".
     pub async fn append_batch(
@@ -254,7 +255,20 @@ impl EventService {
                 .map(BatchItem::Invalid)
                 .collect());
         }
-        let slot = self.reserve(session, count).await?;
+        let slot = match self.reserve(session, count).await {
+            Ok(slot) => slot,
+            Err(ServiceError::SessionNotFound(id)) => {
+                return self
+                    .batch_to_unavailable_session(session, Refusal::NotFound(id), items)
+                    .await
+            }
+            Err(ServiceError::SessionClosed(closed)) => {
+                return self
+                    .batch_to_unavailable_session(session, Refusal::Closed(closed), items)
+                    .await
+            }
+            Err(e) => return Err(e),
+        };
         // Each valid item becomes its event, in order; `stamped` keeps whether it carried a
         // timestamp, which a refused item's comparison with the stored event needs.
         let (mut events, mut stamped) = (Vec::with_capacity(count), Vec::with_capacity(count));
@@ -355,6 +369,44 @@ impl EventService {
                 },
             })
             .collect()
+    }
+
+    /// The session is missing or closed (`refused` says which): only retries of stored
+    /// items succeed, as with a single append, so a batch sent again after the close gets
+    /// its stored items back. One lookup of the items' ids; when none is stored, the whole
+    /// batch is refused.
+    async fn batch_to_unavailable_session(
+        &self,
+        session: &SessionId,
+        refused: Refusal,
+        items: Vec<Result<NewEvent, ValidationError>>,
+    ) -> Result<Vec<BatchItem>, ServiceError> {
+        let ids: Vec<EventId> = items
+            .iter()
+            .filter_map(|item| item.as_ref().ok())
+            .map(|new| new.event_id.clone())
+            .collect();
+        let stored: HashMap<EventId, Event> = self
+            .events
+            .get_many(session, &ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.event_id.clone(), e))
+            .collect();
+        if stored.is_empty() {
+            return Err(refused.into());
+        }
+        Ok(items
+            .into_iter()
+            .map(|item| match item {
+                Err(invalid) => BatchItem::Invalid(invalid),
+                Ok(new) => match stored.get(&new.event_id) {
+                    Some(s) if new.matches(s) => BatchItem::Existing(s.clone()),
+                    Some(s) => BatchItem::Conflict(s.clone()),
+                    None => BatchItem::Refused(refused.clone()),
+                },
+            })
+            .collect())
     }
 
     async fn replay(

@@ -32,8 +32,10 @@ pub enum BatchItem {
     /// The eventId is stored with other content; this is the stored event.
     Conflict(Event),
     Invalid(ValidationError),
-    /// Not stored: the session was erased or closed while the batch was being stored (only
-    /// after an erase race; see `EventService::append_batch`).
+    /// Not stored: the session is missing or closed. The whole batch fails so unless some of
+    /// its items are stored already (a batch sent again after the close), or the session was
+    /// erased or closed while the batch was being stored (after an erase race; see
+    /// `EventService::append_batch`).
     Refused(Refusal),
 }
 

@@ -9,6 +9,7 @@ on_both_stores!(
     batch_seqs_rise_in_request_order,
     batch_holds_1_to_500_events,
     batch_to_a_missing_or_closed_session_fails_whole,
+    batch_sent_again_after_the_close_gets_its_stored_items_back,
     batch_body_must_be_an_object_with_events,
 );
 
@@ -132,7 +133,8 @@ async fn batch_holds_1_to_500_events(app: TestApp) {
 }
 
 async fn batch_to_a_missing_or_closed_session_fails_whole(app: TestApp) {
-    let batch = json!({"events": [{"eventId": "e1", "type": "system"}]});
+    // No item is stored: the whole batch is refused (a stored one comes back, see below).
+    let batch = json!({"events": [{"eventId": "e9", "type": "system"}]});
     let (status, body) = app.post("/sessions/none/events:batch", &batch).await;
     assert_error(status, &body, 404, "session_not_found");
     app.create_session("b4").await;
@@ -152,6 +154,40 @@ async fn batch_to_a_missing_or_closed_session_fails_whole(app: TestApp) {
     assert_eq!(
         session["status"], "initiated",
         "an all-invalid batch changes nothing"
+    );
+}
+
+async fn batch_sent_again_after_the_close_gets_its_stored_items_back(app: TestApp) {
+    app.create_session("b7").await;
+    let first = json!({"events": [
+        {"eventId": "s1", "type": "system", "payload": {"v": 1}},
+        {"eventId": "s2", "type": "system", "payload": {"v": 2}},
+    ]});
+    let (status, body) = app.post("/sessions/b7/events:batch", &first).await;
+    assert_eq!((status, statuses(&body)), (StatusCode::OK, vec![201, 201]));
+    app.complete("b7").await;
+    // The retry of a batch whose answer was lost before the close.
+    let (status, again) = app.post("/sessions/b7/events:batch", &first).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(statuses(&again), [200, 200]);
+    assert_eq!(again["results"][0]["event"], body["results"][0]["event"]);
+    assert_eq!(again["results"][1]["event"], body["results"][1]["event"]);
+    let mixed = json!({"events": [
+        {"eventId": "s1", "type": "system", "payload": {"v": 1}},
+        {"eventId": "s2", "type": "system", "payload": {"v": 3}},
+        {"eventId": "s3", "type": "system"},
+        {"eventId": "s4"},
+    ]});
+    let (status, body) = app.post("/sessions/b7/events:batch", &mixed).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(statuses(&body), [200, 409, 409, 400]);
+    assert_eq!(body["results"][1]["error"]["code"], "event_conflict");
+    assert_eq!(body["results"][2]["error"]["code"], "session_closed");
+    assert_eq!(body["results"][3]["error"]["code"], "validation_failed");
+    assert_eq!(
+        app.walk("b7", "limit=10").await.len(),
+        2,
+        "nothing new stored"
     );
 }
 

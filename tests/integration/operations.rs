@@ -335,6 +335,20 @@ mod round_trips {
                     StatusCode::OK,
                     2,
                 ),
+                ("/sessions/rt/complete", Some(json!({})), StatusCode::OK, 1),
+                // After the close: reserve, read the session, look for the items.
+                (
+                    "/sessions/rt/events:batch",
+                    Some(json!({"events": batch})),
+                    StatusCode::OK,
+                    3,
+                ),
+                (
+                    "/sessions/rt/events:batch",
+                    Some(json!({"events": [{"eventId": "late", "type": "system"}]})),
+                    StatusCode::CONFLICT,
+                    3,
+                ),
             ];
             for (path, body, status, round_trips) in cases {
                 assert_eq!(
