@@ -126,7 +126,12 @@ impl Application {
             Some(mongo_config) => {
                 let observed = mongo_config.command_metrics.then(|| Arc::clone(&metrics));
                 let store = Arc::new(MongoStore::connect_observed(mongo_config, observed).await?);
-                store.apply_retention(config.retention).await?;
+                if store.apply_retention(config.retention).await? {
+                    tracing::warn!(
+                        "RETENTION_DAYS is not set: dropped the TTL indexes, so closed sessions \
+                         and events no longer expire, for every instance on this database"
+                    );
+                }
                 tracing::info!("using MongoDB");
                 tokio::spawn(
                     Arc::clone(&store).follow_changes(Arc::clone(&feed), stop.subscribe()),

@@ -164,8 +164,10 @@ struct BatchResponse {
 /// One item's outcome.
 #[derive(Debug, Serialize, ToSchema)]
 struct BatchResult {
-    /// 201 stored, 200 replay, 409 conflict, 400 invalid; after an erase race also 409
-    /// `session_closed` or 404 `session_not_found` (the session ended while the batch was stored).
+    /// 201 stored, 200 replay, 409 conflict, 400 invalid; 409 `session_closed` or 404
+    /// `session_not_found` for an item not stored because the session is closed or missing
+    /// (a batch sent again after the close, or a session that ended while the batch was
+    /// stored).
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<Event>,

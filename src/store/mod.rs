@@ -177,7 +177,9 @@ pub trait SessionRepository: Send + Sync {
     /// missing and takes no reservation and no close, and its id cannot be created again
     /// (a create fails with [`StoreError::Unavailable`]) until [`Self::delete`] finishes
     /// the erasure: so its events, erased in between through
-    /// [`EventRepository::delete_session_events`], can only be its own.
+    /// [`EventRepository::delete_session_events`], can only be its own. An id with no
+    /// session is held the same way, so that a session created meanwhile cannot lose its
+    /// events to that erasure either.
     async fn begin_erase(&self, id: &SessionId) -> Result<bool, StoreError>;
 
     /// Finishes an erasure begun by [`Self::begin_erase`]: the id is free again. A session

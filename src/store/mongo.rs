@@ -354,8 +354,10 @@ impl MongoStore {
 
     /// Makes MongoDB's TTL monitor erase closed sessions `retention` after they closed, and
     /// events `retention` after they were received, which, as every event is received
-    /// before its session ends, is no later than its session. `None` removes the TTL indexes.
-    pub async fn apply_retention(&self, retention: Option<Duration>) -> Result<(), StoreError> {
+    /// before its session ends, is no later than its session. `None` removes the TTL indexes,
+    /// and answers whether there were any: retention then stopped for every instance.
+    pub async fn apply_retention(&self, retention: Option<Duration>) -> Result<bool, StoreError> {
+        let mut dropped = false;
         let targets = [
             (
                 self.sessions.name().to_owned(),
@@ -375,9 +377,11 @@ impl MongoStore {
             let coll = db.collection::<Document>(&collection);
             let Some(retention) = retention else {
                 match coll.drop_index(name).await {
+                    Ok(()) => dropped = true,
                     Err(e) if !is_code(&e, INDEX_NOT_FOUND) => return Err(classify(e)),
-                    _ => continue,
+                    Err(_) => {}
                 }
+                continue;
             };
             let ttl = IndexModel::builder()
                 .keys(doc! {field: 1})
@@ -402,7 +406,7 @@ impl MongoStore {
                 Err(e) => return Err(classify(e)),
             }
         }
-        Ok(())
+        Ok(dropped)
     }
 
     /// MongoDB's `explain` (executionStats) of exactly the query a page of events runs:
@@ -677,12 +681,46 @@ impl SessionRepository for MongoStore {
     }
 
     async fn begin_erase(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let marked = self
-            .sessions
-            .update_one(doc! {"_id": id.as_str()}, doc! {"$set": {"erasing": true}})
-            .await
-            .map_err(classify)?;
-        Ok(marked.matched_count > 0)
+        // An id with no session is held too, by a marked stand-in, so that no create of it
+        // lands between this erasure's steps and loses its events to them. The stand-in has
+        // a session's shape, closed, so that any reader can parse it; `standIn` tells it from
+        // a session when a repeated erasure finds it.
+        let now = bson_time(Timestamp::now());
+        let mark = doc! {
+            "$set": {"erasing": true},
+            "$setOnInsert": {
+                "status": SessionStatus::Failed.as_str(),
+                "language": Bson::Null,
+                "metadata": {},
+                "startedAt": now,
+                "updatedAt": now,
+                "lastSeq": 0_i64,
+                "standIn": true,
+            },
+        };
+        // A create racing this upsert can surface a duplicate-key error; the retry matches.
+        for _attempt in 0..2 {
+            match self
+                .sessions
+                .clone_with_type::<Document>()
+                .find_one_and_update(doc! {"_id": id.as_str()}, mark.clone())
+                .upsert(true)
+                .return_document(ReturnDocument::Before)
+                .projection(doc! {"standIn": 1})
+                .max_time(self.timeout)
+                .await
+            {
+                Ok(before) => {
+                    let stand_in = |d: &Document| d.get_bool("standIn").unwrap_or(false);
+                    return Ok(before.is_some_and(|d| !stand_in(&d)));
+                }
+                Err(e) if is_duplicate_key(&e) => continue,
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Err(StoreError::Backend(
+            "the erase mark kept colliding on the session id".into(),
+        ))
     }
 
     async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
@@ -852,8 +890,10 @@ impl EventRepository for MongoStore {
         let ids: Vec<&str> = ids.iter().map(EventId::as_str).collect();
         let cursor = self
             .events
-            .find(doc! {"sessionId": session.as_str(), "eventId": {"$in": ids}})
+            .find(doc! {"sessionId": session.as_str(), "eventId": {"$in": &ids}})
             .projection(doc! {"_id": 0})
+            // All in the first reply: one round trip, whatever the number of ids.
+            .batch_size(u32::try_from(ids.len()).unwrap_or(u32::MAX).max(1))
             .max_time(self.timeout)
             .await
             .map_err(classify)?;

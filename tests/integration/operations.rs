@@ -267,10 +267,13 @@ mod retention {
                 ttl_of(&db, "events", "events_retention").await,
                 Some(7 * 86_400)
             );
-            store.apply_retention(None).await.unwrap();
+            assert!(
+                store.apply_retention(None).await.unwrap(),
+                "it dropped them"
+            );
             assert_eq!(ttl_of(&db, "sessions", "sessions_retention").await, None);
             assert_eq!(ttl_of(&db, "events", "events_retention").await, None);
-            store.apply_retention(None).await.unwrap();
+            assert!(!store.apply_retention(None).await.unwrap(), "none was left");
         }
     }
 }

@@ -53,6 +53,7 @@ contract!(
     after_seq_pages_follow_seq_order,
     sessions_list_by_start_time_with_filters,
     an_erasure_deletes_only_its_own_sessions_events,
+    an_erasure_of_a_missing_id_spares_a_session_created_meanwhile,
 );
 
 async fn mongo_store() -> Arc<MongoStore> {
@@ -567,4 +568,49 @@ async fn an_erasure_deletes_only_its_own_sessions_events(store: Arc<impl Store>)
         let again = store.create(new_session("a", "y"), at).await.unwrap();
         assert!(matches!(again, CreateOutcome::Created(_)), "{again:?}");
     }
+}
+
+/// A `DELETE` of an id with no session still deletes the id's events (those an append in
+/// flight left behind an earlier erasure). A session created during it keeps its own: the
+/// create waits for the end (MongoDB: 503), or the erasure held nothing (memory).
+async fn an_erasure_of_a_missing_id_spares_a_session_created_meanwhile(store: Arc<impl Store>) {
+    let at = Timestamp::from_millis(1);
+    assert!(!store.begin_erase(&sid("m")).await.unwrap());
+    assert!(
+        !store.begin_erase(&sid("m")).await.unwrap(),
+        "a repeated erasure finds no session either"
+    );
+    assert!(SessionRepository::get(&*store, &sid("m"))
+        .await
+        .unwrap()
+        .is_none());
+    let everything = SessionPageQuery {
+        filter: SessionFilter::default(),
+        order: Order::Asc,
+        after: None,
+        limit: 10,
+    };
+    assert!(store.list(&everything).await.unwrap().is_empty());
+    let created = match store.create(new_session("m", "y"), at).await {
+        Ok(CreateOutcome::Created(_)) => {
+            store.insert(&event("m", "new", 10, 1)).await.unwrap();
+            true
+        }
+        Err(StoreError::Unavailable(_)) => false,
+        other => panic!("a create during the erasure: {other:?}"),
+    };
+    store.delete_session_events(&sid("m")).await.unwrap();
+    store.delete(&sid("m")).await.unwrap();
+    if created {
+        let kept = EventRepository::get(&*store, &sid("m"), &EventId::parse("new").unwrap()).await;
+        assert!(
+            kept.unwrap().is_some(),
+            "the new session's event was erased"
+        );
+    } else {
+        let again = store.create(new_session("m", "y"), at).await.unwrap();
+        assert!(matches!(again, CreateOutcome::Created(_)), "{again:?}");
+    }
+    let session = SessionRepository::get(&*store, &sid("m")).await.unwrap();
+    assert!(session.is_some(), "the session created after the erasure");
 }
