@@ -138,7 +138,11 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8], integers: Integers) -> Result<T
         // Well-formed JSON that does not fit is a shape error, whatever serde_json calls
         // it: it reports `null` where a string was expected as a syntax error.
         if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
-            ApiError::validation(field_of(&path, &message), message)
+            if is_object(bytes) {
+                ApiError::validation(field_of(&path, &message), message)
+            } else {
+                not_an_object().into()
+            }
         } else {
             ApiError::InvalidJson(message)
         }
@@ -154,8 +158,8 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8], integers: Integers) -> Result<T
 /// (serde_json reads one as the nearest float, so two different integers could compare
 /// equal and a changed retry pass as identical).
 fn whole_object(text: &[u8], integers: Integers) -> Result<(), ValidationError> {
-    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ValidationError::new("", "must be a JSON object"));
+    if !is_object(text) {
+        return Err(not_an_object());
     }
     if integers == Integers::LeftToItems {
         return Ok(());
@@ -167,6 +171,15 @@ fn whole_object(text: &[u8], integers: Integers) -> Result<(), ValidationError> 
         )),
         None => Ok(()),
     }
+}
+
+/// Whether well-formed JSON `text` is an object.
+fn is_object(text: &[u8]) -> bool {
+    text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+fn not_an_object() -> ValidationError {
+    ValidationError::new("", "must be a JSON object")
 }
 
 /// The top-level field holding the first integer literal of well-formed JSON `text` that
@@ -232,6 +245,9 @@ pub fn from_raw<T: DeserializeOwned>(raw: &RawValue) -> Result<T, ValidationErro
     // As in `parse_json`: the path is tracked only once the plain parse has failed.
     if let Ok(value) = serde_json::from_str(raw.get()) {
         return whole_object(raw.get().as_bytes(), Integers::Checked).map(|()| value);
+    }
+    if !is_object(raw.get().as_bytes()) {
+        return Err(not_an_object());
     }
     let mut de = serde_json::Deserializer::from_str(raw.get());
     serde_path_to_error::deserialize(&mut de).map_err(|err| {

@@ -609,6 +609,10 @@ fn open_statuses() -> Bson {
     )
 }
 
+/// Tries of an upsert on a session id (a create, an erase mark) that racing creates and
+/// erasures of the id can cut short.
+const UPSERT_ATTEMPTS: u32 = 3;
+
 #[async_trait]
 impl SessionRepository for MongoStore {
     async fn create(&self, new: NewSession, now: Timestamp) -> Result<CreateOutcome, StoreError> {
@@ -628,7 +632,7 @@ impl SessionRepository for MongoStore {
         // The stored document carries the token of the create that inserted it, so whether
         // this call created it is read from the document itself. Two racing upserts can
         // surface a duplicate-key error; the retry then matches.
-        for _attempt in 0..2 {
+        for _attempt in 0..UPSERT_ATTEMPTS {
             let stored = self
                 .sessions
                 .find_one_and_update(
@@ -642,13 +646,12 @@ impl SessionRepository for MongoStore {
             let stored = match stored {
                 Ok(Some(doc)) => doc,
                 // MongoDB always returns the document of an upsert asked for "after"; a
-                // server that answers nothing under a race is read back instead.
-                Ok(None) => self
-                    .find_session(&session.session_id)
-                    .await?
-                    .ok_or_else(|| {
-                        StoreError::Backend("an upsert left no document behind".into())
-                    })?,
+                // server that answers nothing under a race is read back instead, and asked
+                // again when an erasure took the document in between.
+                Ok(None) => match self.find_session(&session.session_id).await? {
+                    Some(doc) => doc,
+                    None => continue,
+                },
                 Err(e) if is_duplicate_key(&e) => continue,
                 Err(e) => return Err(classify(e)),
             };
@@ -667,8 +670,11 @@ impl SessionRepository for MongoStore {
                 CreateOutcome::Existing(stored)
             });
         }
-        Err(StoreError::Backend(
-            "create kept colliding on the session id".into(),
+        // Each try lost a race with another create or an erasure of the id.
+        Err(StoreError::Unavailable(
+            "the session id kept changing under the create (racing creates or an erasure): \
+             retry the create"
+                .into(),
         ))
     }
 
@@ -698,28 +704,40 @@ impl SessionRepository for MongoStore {
                 "standIn": true,
             },
         };
-        // A create racing this upsert can surface a duplicate-key error; the retry matches.
-        for _attempt in 0..2 {
-            match self
-                .sessions
-                .clone_with_type::<Document>()
-                .find_one_and_update(doc! {"_id": id.as_str()}, mark.clone())
+        // Whether there was a session is read from the marked document, not from an empty
+        // "before" (see `create`). A create racing this upsert can surface a duplicate-key
+        // error, and an erasure finishing meanwhile can take the document: both are tried
+        // again.
+        let sessions = self.sessions.clone_with_type::<Document>();
+        let id_filter = doc! {"_id": id.as_str()};
+        for _attempt in 0..UPSERT_ATTEMPTS {
+            let marked = sessions
+                .find_one_and_update(id_filter.clone(), mark.clone())
                 .upsert(true)
-                .return_document(ReturnDocument::Before)
-                .projection(doc! {"standIn": 1})
+                .return_document(ReturnDocument::After)
+                .projection(doc! {"standIn": 1, "erasing": 1})
                 .max_time(self.timeout)
-                .await
-            {
-                Ok(before) => {
-                    let stand_in = |d: &Document| d.get_bool("standIn").unwrap_or(false);
-                    return Ok(before.is_some_and(|d| !stand_in(&d)));
-                }
+                .await;
+            let marked = match marked {
+                Ok(Some(doc)) => doc,
+                // MongoDB always returns the document of an upsert asked for "after".
+                Ok(None) => match sessions
+                    .find_one(id_filter.clone())
+                    .projection(doc! {"standIn": 1, "erasing": 1})
+                    .max_time(self.timeout)
+                    .await
+                    .map_err(classify)?
+                {
+                    Some(doc) if doc.get_bool("erasing").unwrap_or(false) => doc,
+                    _ => continue,
+                },
                 Err(e) if is_duplicate_key(&e) => continue,
                 Err(e) => return Err(classify(e)),
-            }
+            };
+            return Ok(!marked.get_bool("standIn").unwrap_or(false));
         }
-        Err(StoreError::Backend(
-            "the erase mark kept colliding on the session id".into(),
+        Err(StoreError::Unavailable(
+            "creates of the session id kept racing the erasure: send the DELETE again".into(),
         ))
     }
 

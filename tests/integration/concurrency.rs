@@ -11,6 +11,7 @@ on_both_stores!(
     concurrent_identical_appends_give_one_201_and_store_one_event,
     concurrent_conflicting_appends_store_one_and_refuse_the_rest,
     complete_racing_appends_never_accepts_an_event_after_the_end,
+    creates_racing_erasures_of_the_id_get_no_server_error,
 );
 
 const PARALLEL: usize = 32;
@@ -140,5 +141,46 @@ async fn complete_racing_appends_never_accepts_an_event_after_the_end(app: TestA
                 "stored but not acknowledged: {event}"
             );
         }
+    }
+}
+
+/// Creates and `DELETE`s of one id at once, round after round, with and without a session
+/// there at the start: each answer is a success, a 404, or a 503 that says to retry; never
+/// a server error. Afterwards a create of the id works.
+async fn creates_racing_erasures_of_the_id_get_no_server_error(app: TestApp) {
+    let app = Arc::new(app);
+    const ROUNDS: usize = 120;
+    const EACH: usize = 8;
+    let mut seen = std::collections::BTreeMap::new();
+    for round in 0..ROUNDS {
+        let id = format!("churn-{round}");
+        if round % 2 == 0 {
+            app.create_session(&id).await;
+        }
+        let calls = (0..EACH).flat_map(|_| {
+            let (create, erase) = (Arc::clone(&app), Arc::clone(&app));
+            let (a, b) = (id.clone(), id.clone());
+            [
+                tokio::spawn(
+                    async move { create.post("/sessions", &json!({"sessionId": a})).await.0 },
+                ),
+                tokio::spawn(async move {
+                    let url = erase.url(&format!("/sessions/{b}"));
+                    erase.client.delete(url).send().await.unwrap().status()
+                }),
+            ]
+        });
+        for status in join_all(calls).await {
+            *seen.entry(status.unwrap().as_u16()).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        seen.keys().all(|s| [200, 201, 204, 404, 503].contains(s)),
+        "{seen:?}"
+    );
+    for round in 0..ROUNDS {
+        let id = format!("churn-{round}");
+        let (status, _) = app.post("/sessions", &json!({"sessionId": id})).await;
+        assert!(status.is_success(), "{id}: {status}");
     }
 }

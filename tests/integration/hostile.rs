@@ -204,19 +204,27 @@ async fn an_array_of_the_fields_is_no_body_object(app: TestApp) {
             r#"[[{"eventId": "e2", "type": "t"}]]"#,
         ),
         ("/sessions/h6/complete", r#"["failed"]"#),
+        ("/sessions", r#"[]"#),
+        ("/sessions/h6/events", r#""e1""#),
     ] {
         let (status, body) = post_raw(&app, path, body.to_owned()).await;
         assert_error(status, &body, 400, "validation_failed");
+        // Said plainly, not in the parser's words about the service's own types.
+        assert_eq!(body["error"]["message"], "must be a JSON object", "{path}");
     }
     let (status, body) = post_raw(
         &app,
         "/sessions/h6/events:batch",
-        r#"{"events": [["e3", "t"], {"eventId": "e4", "type": "t"}]}"#.to_owned(),
+        r#"{"events": [["e3", "t"], {"eventId": "e4", "type": "t"}, "e5", 7]}"#.to_owned(),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["results"][0]["status"], 400);
     assert_eq!(body["results"][1]["status"], 201);
+    for item in [0, 2, 3] {
+        let error = &body["results"][item]["error"];
+        assert_eq!(error["message"], "must be a JSON object", "{body}");
+    }
     let (_, session) = app.get("/sessions/h6").await;
     assert_eq!(session["status"], "active", "the array did not complete it");
     let (status, _) = app.get("/sessions/arr1").await;
