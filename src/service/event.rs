@@ -238,9 +238,9 @@ impl EventService {
     /// Appends many events with one reservation and one bulk insert. Each item is judged by
     /// the single-event rules; accepted items get seqs rising in request order. A missing or
     /// closed session stores nothing: it fails the whole batch unless some items are stored
-    /// already, which then come back as retries, and the rest as refused. After an erase race (items whose seqs an erased
-    /// session's leftovers hold) neither holds for those items: see DESIGN.md, "Batch
-    /// ingestion".
+    /// already, which then come back as retries, and the rest as refused. After an erase
+    /// race (items whose seqs an erased session's leftovers hold) neither holds for those
+    /// items: see DESIGN.md, "Batch ingestion".
     pub async fn append_batch(
         &self,
         session: &SessionId,
@@ -257,17 +257,12 @@ impl EventService {
         }
         let slot = match self.reserve(session, count).await {
             Ok(slot) => slot,
-            Err(ServiceError::SessionNotFound(id)) => {
+            Err(e) => {
+                let refused = Refusal::try_from(e)?;
                 return self
-                    .batch_to_unavailable_session(session, Refusal::NotFound(id), items)
-                    .await
+                    .batch_to_unavailable_session(session, refused, items)
+                    .await;
             }
-            Err(ServiceError::SessionClosed(closed)) => {
-                return self
-                    .batch_to_unavailable_session(session, Refusal::Closed(closed), items)
-                    .await
-            }
-            Err(e) => return Err(e),
         };
         // Each valid item becomes its event, in order; `stamped` keeps whether it carried a
         // timestamp, which a refused item's comparison with the stored event needs.
@@ -300,15 +295,10 @@ impl EventService {
             self.pass_stored_seqs(session).await?;
             let slot = match self.reserve(session, taken.len()).await {
                 Ok(slot) => slot,
-                Err(ServiceError::SessionNotFound(id)) => {
-                    refusal = Some(Refusal::NotFound(id));
+                Err(e) => {
+                    refusal = Some(Refusal::try_from(e)?);
                     break;
                 }
-                Err(ServiceError::SessionClosed(closed)) => {
-                    refusal = Some(Refusal::Closed(closed));
-                    break;
-                }
-                Err(other) => return Err(other),
             };
             let retried: Vec<Event> = (slot.first_seq..)
                 .zip(&taken)
@@ -328,21 +318,12 @@ impl EventService {
             .filter(|(_, outcome)| **outcome == Inserted::EventIdTaken)
             .map(|(e, _)| e.event_id.clone())
             .collect();
-        let stored: HashMap<EventId, Event> = match clashes.is_empty() {
+        let stored = match clashes.is_empty() {
             true => HashMap::new(),
-            false => self
-                .events
-                .get_many(session, &clashes)
-                .await?
-                .into_iter()
-                .map(|e| (e.event_id.clone(), e))
-                .collect(),
+            false => self.stored_by_id(session, &clashes).await?,
         };
         if refusal.is_none() && clashes.iter().any(|id| !stored.contains_key(id)) {
-            match self.stored_event_missing(session).await {
-                ServiceError::SessionNotFound(id) => refusal = Some(Refusal::NotFound(id)),
-                other => return Err(other),
-            }
+            refusal = Some(Refusal::try_from(self.stored_event_missing(session).await)?);
         }
         let mut accepted = events.into_iter().zip(stamped).zip(inserted);
         items
@@ -354,8 +335,7 @@ impl EventService {
                     Some(((event, stamped), Inserted::EventIdTaken)) => {
                         let new = event.into_request(stamped);
                         match (stored.get(&new.event_id), &refusal) {
-                            (Some(s), _) if new.matches(s) => Ok(BatchItem::Existing(s.clone())),
-                            (Some(s), _) => Ok(BatchItem::Conflict(s.clone())),
+                            (Some(s), _) => Ok(judged(&new, s)),
                             // Erased since the insert, with the session's events.
                             (None, Some(refused)) => Ok(BatchItem::Refused(refused.clone())),
                             (None, None) => Err(vanished()),
@@ -386,13 +366,7 @@ impl EventService {
             .filter_map(|item| item.as_ref().ok())
             .map(|new| new.event_id.clone())
             .collect();
-        let stored: HashMap<EventId, Event> = self
-            .events
-            .get_many(session, &ids)
-            .await?
-            .into_iter()
-            .map(|e| (e.event_id.clone(), e))
-            .collect();
+        let stored = self.stored_by_id(session, &ids).await?;
         if stored.is_empty() {
             return Err(refused.into());
         }
@@ -401,12 +375,21 @@ impl EventService {
             .map(|item| match item {
                 Err(invalid) => BatchItem::Invalid(invalid),
                 Ok(new) => match stored.get(&new.event_id) {
-                    Some(s) if new.matches(s) => BatchItem::Existing(s.clone()),
-                    Some(s) => BatchItem::Conflict(s.clone()),
+                    Some(s) => judged(&new, s),
                     None => BatchItem::Refused(refused.clone()),
                 },
             })
             .collect())
+    }
+
+    /// The session's stored events among `ids`, by id: one lookup.
+    async fn stored_by_id(
+        &self,
+        session: &SessionId,
+        ids: &[EventId],
+    ) -> Result<HashMap<EventId, Event>, ServiceError> {
+        let found = self.events.get_many(session, ids).await?;
+        Ok(found.into_iter().map(|e| (e.event_id.clone(), e)).collect())
     }
 
     async fn replay(
@@ -484,6 +467,14 @@ fn seqs_kept_taken() -> ServiceError {
 /// session is not, or an item has no outcome): a broken store.
 fn vanished() -> ServiceError {
     StoreError::Backend("event vanished after a duplicate-key error".into()).into()
+}
+
+/// A batch item whose eventId is stored: a replay when it matches, else a conflict.
+fn judged(new: &NewEvent, stored: &Event) -> BatchItem {
+    match new.matches(stored) {
+        true => BatchItem::Existing(stored.clone()),
+        false => BatchItem::Conflict(stored.clone()),
+    }
 }
 
 fn compare(new: &NewEvent, stored: Event) -> Result<Written<Event>, ServiceError> {

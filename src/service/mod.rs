@@ -46,6 +46,19 @@ pub enum Refusal {
     Closed(Box<Session>),
 }
 
+/// A missing or closed session as the refusal it is; any other error as it is.
+impl TryFrom<ServiceError> for Refusal {
+    type Error = ServiceError;
+
+    fn try_from(err: ServiceError) -> Result<Self, ServiceError> {
+        match err {
+            ServiceError::SessionNotFound(id) => Ok(Self::NotFound(id)),
+            ServiceError::SessionClosed(session) => Ok(Self::Closed(session)),
+            other => Err(other),
+        }
+    }
+}
+
 impl From<Refusal> for ServiceError {
     fn from(refusal: Refusal) -> Self {
         match refusal {

@@ -126,6 +126,9 @@ struct SessionDoc {
     /// id cannot be created again until its events are gone.
     #[serde(default)]
     erasing: bool,
+    /// Set only on the stand-in that an erasure of an id with no session inserts.
+    #[serde(default)]
+    stand_in: bool,
 }
 
 /// What an append needs back from the session: its new seq and clock.
@@ -609,6 +612,11 @@ fn open_statuses() -> Bson {
     )
 }
 
+/// The session `id` if it is open and not being erased: what takes appends and a close.
+fn open_session_filter(id: &SessionId) -> Document {
+    doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}, "erasing": {"$ne": true}}
+}
+
 /// Tries of an upsert on a session id (a create, an erase mark) that racing creates and
 /// erasures of the id can cut short.
 const UPSERT_ATTEMPTS: u32 = 3;
@@ -708,33 +716,25 @@ impl SessionRepository for MongoStore {
         // "before" (see `create`). A create racing this upsert can surface a duplicate-key
         // error, and an erasure finishing meanwhile can take the document: both are tried
         // again.
-        let sessions = self.sessions.clone_with_type::<Document>();
-        let id_filter = doc! {"_id": id.as_str()};
         for _attempt in 0..UPSERT_ATTEMPTS {
-            let marked = sessions
-                .find_one_and_update(id_filter.clone(), mark.clone())
+            let marked = self
+                .sessions
+                .find_one_and_update(doc! {"_id": id.as_str()}, mark.clone())
                 .upsert(true)
                 .return_document(ReturnDocument::After)
-                .projection(doc! {"standIn": 1, "erasing": 1})
                 .max_time(self.timeout)
                 .await;
             let marked = match marked {
                 Ok(Some(doc)) => doc,
                 // MongoDB always returns the document of an upsert asked for "after".
-                Ok(None) => match sessions
-                    .find_one(id_filter.clone())
-                    .projection(doc! {"standIn": 1, "erasing": 1})
-                    .max_time(self.timeout)
-                    .await
-                    .map_err(classify)?
-                {
-                    Some(doc) if doc.get_bool("erasing").unwrap_or(false) => doc,
+                Ok(None) => match self.find_session(id).await? {
+                    Some(doc) if doc.erasing => doc,
                     _ => continue,
                 },
                 Err(e) if is_duplicate_key(&e) => continue,
                 Err(e) => return Err(classify(e)),
             };
-            return Ok(!marked.get_bool("standIn").unwrap_or(false));
+            return Ok(!marked.stand_in);
         }
         Err(StoreError::Unavailable(
             "creates of the session id kept racing the erasure: send the DELETE again".into(),
@@ -788,7 +788,7 @@ impl SessionRepository for MongoStore {
             .sessions
             .clone_with_type::<ReservationDoc>()
             .find_one_and_update(
-                doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}, "erasing": {"$ne": true}},
+                open_session_filter(id),
                 doc! {
                     "$inc": {"lastSeq": i64::from(count)},
                     "$set": {"status": SessionStatus::Active.as_str()},
@@ -815,7 +815,7 @@ impl SessionRepository for MongoStore {
         let closed = self
             .sessions
             .find_one_and_update(
-                doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}, "erasing": {"$ne": true}},
+                open_session_filter(id),
                 doc! {
                     // closedAt is for the retention TTL index only; the API's endedAt is the
                     // session clock, updatedAt.

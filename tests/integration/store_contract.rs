@@ -78,6 +78,16 @@ fn new_session(id: &str, caller: &str) -> NewSession {
     }
 }
 
+/// The first page of sessions, unfiltered.
+fn first_ten_sessions() -> SessionPageQuery {
+    SessionPageQuery {
+        filter: SessionFilter::default(),
+        order: Order::Asc,
+        after: None,
+        limit: 10,
+    }
+}
+
 fn event(session: &str, id: &str, millis: i64, seq: i64) -> Event {
     Event {
         session_id: sid(session),
@@ -520,12 +530,7 @@ async fn sessions_list_by_start_time_with_filters(store: Arc<impl Store>) {
 /// nothing; a create of its id either waits for the end (MongoDB: 503) or makes a new
 /// session (memory: the whole erasure happened at once), whose events the erasure leaves.
 async fn an_erasure_deletes_only_its_own_sessions_events(store: Arc<impl Store>) {
-    let list = SessionPageQuery {
-        filter: SessionFilter::default(),
-        order: Order::Asc,
-        after: None,
-        limit: 10,
-    };
+    let list = first_ten_sessions();
     let at = Timestamp::from_millis(1);
     store.create(new_session("a", "x"), at).await.unwrap();
     store.insert(&event("a", "old", 10, 1)).await.unwrap();
@@ -584,12 +589,7 @@ async fn an_erasure_of_a_missing_id_spares_a_session_created_meanwhile(store: Ar
         .await
         .unwrap()
         .is_none());
-    let everything = SessionPageQuery {
-        filter: SessionFilter::default(),
-        order: Order::Asc,
-        after: None,
-        limit: 10,
-    };
+    let everything = first_ten_sessions();
     assert!(store.list(&everything).await.unwrap().is_empty());
     let created = match store.create(new_session("m", "y"), at).await {
         Ok(CreateOutcome::Created(_)) => {
