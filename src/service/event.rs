@@ -494,7 +494,7 @@ mod tests {
 
     use crate::domain::{EventType, FinalStatus, JsonObject};
     use crate::service::testing::{open_session, Sessions};
-    use crate::store::MemoryStore;
+    use crate::store::{EraseStart, MemoryStore};
 
     fn new_event(id: &str) -> NewEvent {
         NewEvent {
@@ -597,7 +597,8 @@ mod tests {
         }
 
         async fn erase(&self, session: &SessionId) {
-            assert!(self.memory.begin_erase(session).await.unwrap());
+            let erased = self.memory.begin_erase(session).await.unwrap();
+            assert!(matches!(erased, EraseStart::Holding { existed: true, .. }));
         }
     }
 

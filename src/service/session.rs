@@ -1,4 +1,7 @@
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{Page, ServiceError, Written};
 use crate::domain::{
@@ -6,8 +9,12 @@ use crate::domain::{
 };
 use crate::feed::SessionFeed;
 use crate::store::{
-    CreateOutcome, EventRepository, SessionFilter, SessionPageQuery, SessionRepository,
+    CreateOutcome, EraseStart, EventRepository, SessionFilter, SessionPageQuery, SessionRepository,
+    StoreError,
 };
+
+/// How long an erasure waits for another erasure of the same id to end.
+const ERASE_WAIT: Duration = Duration::from_secs(5);
 
 /// A validated request for a page of sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,14 +131,38 @@ impl SessionService {
     pub async fn erase(&self, id: &SessionId) -> Result<(), ServiceError> {
         // The session is marked first, so that no new append can reserve a seq; then its
         // events go; only then is the id free, so the events deleted are all its own.
-        let existed = self.sessions.begin_erase(id).await?;
+        let (existed, lease) = self.hold_for_erasure(id).await?;
         self.events.delete_session_events(id).await?;
-        self.sessions.delete(id).await?;
+        self.sessions.delete(id, &lease).await?;
         self.feed.closed(id);
         if existed {
             Ok(())
         } else {
             Err(ServiceError::SessionNotFound(id.clone()))
+        }
+    }
+
+    /// Takes the id for this erasure. While another erasure of it is under way (a duplicate
+    /// `DELETE`), this one waits for it to end, a little longer each time, and then erases
+    /// whatever is there by then; past [`ERASE_WAIT`] it gives up with 503.
+    async fn hold_for_erasure(&self, id: &SessionId) -> Result<(bool, String), ServiceError> {
+        let deadline = Instant::now() + ERASE_WAIT;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.sessions.begin_erase(id).await? {
+                EraseStart::Holding { existed, lease } => return Ok((existed, lease)),
+                EraseStart::Busy if Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                EraseStart::Busy => {
+                    return Err(StoreError::Unavailable(
+                        "another erasure of this session is under way: send the DELETE again"
+                            .into(),
+                    )
+                    .into())
+                }
+            }
         }
     }
 

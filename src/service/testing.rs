@@ -9,7 +9,8 @@ use crate::domain::{
     FinalStatus, JsonObject, NewSession, Session, SessionId, SessionStatus, Timestamp,
 };
 use crate::store::{
-    CreateOutcome, MemoryStore, Reservation, SessionPageQuery, SessionRepository, StoreError,
+    CreateOutcome, EraseStart, MemoryStore, Reservation, SessionPageQuery, SessionRepository,
+    StoreError,
 };
 
 /// Creates the active session `call-1` in `memory`.
@@ -59,11 +60,11 @@ impl SessionRepository for Sessions {
     async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError> {
         self.memory.list(query).await
     }
-    async fn begin_erase(&self, id: &SessionId) -> Result<bool, StoreError> {
+    async fn begin_erase(&self, id: &SessionId) -> Result<EraseStart, StoreError> {
         self.memory.begin_erase(id).await
     }
-    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
-        self.memory.delete(id).await
+    async fn delete(&self, id: &SessionId, lease: &str) -> Result<(), StoreError> {
+        self.memory.delete(id, lease).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.memory.ping().await

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_trait::async_trait;
 
 use super::{
-    CreateOutcome, EventPageQuery, EventRepository, Inserted, PageStart, Reservation,
+    CreateOutcome, EraseStart, EventPageQuery, EventRepository, Inserted, PageStart, Reservation,
     SessionPageQuery, SessionRepository, StoreError,
 };
 use crate::domain::{
@@ -151,12 +151,18 @@ impl SessionRepository for MemoryStore {
     /// The whole erasure at once: a session's events are held in its entry and go with it.
     /// The id is free at once, so [`Self::delete`] and `delete_session_events` have nothing
     /// left to do, and must not touch a session created again since.
-    async fn begin_erase(&self, id: &SessionId) -> Result<bool, StoreError> {
+    /// The whole erasure, at once: the session's events live in its entry. Nothing is left
+    /// to hold, so a concurrent erasure is never busy.
+    async fn begin_erase(&self, id: &SessionId) -> Result<EraseStart, StoreError> {
         let mut shard = self.shard(id).write().map_err(|_| poisoned())?;
-        Ok(shard.remove(id).is_some())
+        let existed = shard.remove(id).is_some();
+        Ok(EraseStart::Holding {
+            existed,
+            lease: String::new(),
+        })
     }
 
-    async fn delete(&self, _id: &SessionId) -> Result<(), StoreError> {
+    async fn delete(&self, _id: &SessionId, _lease: &str) -> Result<(), StoreError> {
         Ok(())
     }
 

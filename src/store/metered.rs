@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    CreateOutcome, EventPageQuery, EventRepository, Inserted, Reservation, SessionPageQuery,
-    SessionRepository, StoreError,
+    CreateOutcome, EraseStart, EventPageQuery, EventRepository, Inserted, Reservation,
+    SessionPageQuery, SessionRepository, StoreError,
 };
 use crate::domain::{Event, EventId, FinalStatus, NewSession, Session, SessionId, Timestamp};
 use crate::metrics::Metrics;
@@ -76,12 +76,13 @@ impl<S: SessionRepository> SessionRepository for Metered<S> {
         self.timed("list_sessions", self.inner.list(query)).await
     }
 
-    async fn begin_erase(&self, id: &SessionId) -> Result<bool, StoreError> {
+    async fn begin_erase(&self, id: &SessionId) -> Result<EraseStart, StoreError> {
         self.timed("begin_erase", self.inner.begin_erase(id)).await
     }
 
-    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
-        self.timed("delete_session", self.inner.delete(id)).await
+    async fn delete(&self, id: &SessionId, lease: &str) -> Result<(), StoreError> {
+        self.timed("delete_session", self.inner.delete(id, lease))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -162,6 +162,16 @@ pub struct SessionPageQuery {
     pub limit: usize,
 }
 
+/// What [`SessionRepository::begin_erase`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EraseStart {
+    /// This erasure holds the id; `existed` tells whether there was a session under it.
+    /// `lease` names the hold for [`SessionRepository::delete`].
+    Holding { existed: bool, lease: String },
+    /// Another erasure of the id is under way.
+    Busy,
+}
+
 /// Sessions, keyed by their id.
 #[async_trait]
 pub trait SessionRepository: Send + Sync {
@@ -173,18 +183,19 @@ pub trait SessionRepository: Send + Sync {
     /// One page of sessions matching the query's filter.
     async fn list(&self, query: &SessionPageQuery) -> Result<Vec<Session>, StoreError>;
 
-    /// Starts erasing the session; `false` when there was none. From then on it reads as
-    /// missing and takes no reservation and no close, and its id cannot be created again
-    /// (a create fails with [`StoreError::Unavailable`]) until [`Self::delete`] finishes
-    /// the erasure: so its events, erased in between through
+    /// Starts erasing the session and holds its id for this erasure alone. From then on the
+    /// session reads as missing and takes no reservation and no close, and its id cannot be
+    /// created again (a create fails with [`StoreError::Unavailable`]) until [`Self::delete`]
+    /// finishes the erasure: so its events, erased in between through
     /// [`EventRepository::delete_session_events`], can only be its own. An id with no
     /// session is held the same way, so that a session created meanwhile cannot lose its
-    /// events to that erasure either.
-    async fn begin_erase(&self, id: &SessionId) -> Result<bool, StoreError>;
+    /// events to that erasure either. While one erasure holds the id, another gets
+    /// [`EraseStart::Busy`], until the holder deletes the id or its lease runs out.
+    async fn begin_erase(&self, id: &SessionId) -> Result<EraseStart, StoreError>;
 
-    /// Finishes an erasure begun by [`Self::begin_erase`]: the id is free again. A session
-    /// not being erased is left alone.
-    async fn delete(&self, id: &SessionId) -> Result<(), StoreError>;
+    /// Finishes the erasure that holds `lease`: the id is free again. A session not being
+    /// erased, or held by another erasure, is left alone.
+    async fn delete(&self, id: &SessionId, lease: &str) -> Result<(), StoreError>;
 
     /// Whether the store answers: a round trip to the database, or nothing in memory.
     async fn ping(&self) -> Result<(), StoreError>;

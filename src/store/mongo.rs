@@ -17,8 +17,8 @@ use tokio::sync::watch;
 
 use super::bson_json::{object_to_raw, raw_to_object};
 use super::{
-    CreateOutcome, EventFilter, EventPageQuery, EventRepository, Inserted, PageStart, Reservation,
-    SessionPageQuery, SessionRepository, StoreError,
+    CreateOutcome, EraseStart, EventFilter, EventPageQuery, EventRepository, Inserted, PageStart,
+    Reservation, SessionPageQuery, SessionRepository, StoreError,
 };
 use crate::domain::{
     Event, EventId, EventType, FinalStatus, JsonObject, Language, NewSession, Order, Session,
@@ -129,6 +129,11 @@ struct SessionDoc {
     /// Set only on the stand-in that an erasure of an id with no session inserts.
     #[serde(default)]
     stand_in: bool,
+    /// The hold of the erasure that marked the document, and when it took it.
+    #[serde(default)]
+    erase_lease: Option<String>,
+    #[serde(default)]
+    erase_since: Option<BsonDateTime>,
 }
 
 /// What an append needs back from the session: its new seq and clock.
@@ -617,6 +622,15 @@ fn open_session_filter(id: &SessionId) -> Document {
     doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}, "erasing": {"$ne": true}}
 }
 
+/// How long an erasure holds its session id against other erasures. One that stopped midway
+/// (its instance died, or the database failed it) is taken over after this; one still
+/// running is done long before.
+const ERASE_LEASE: Duration = Duration::from_secs(60);
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Tries of an upsert on a session id (a create, an erase mark) that racing creates and
 /// erasures of the id can cut short.
 const UPSERT_ATTEMPTS: u32 = 3;
@@ -694,56 +708,82 @@ impl SessionRepository for MongoStore {
             .transpose()
     }
 
-    async fn begin_erase(&self, id: &SessionId) -> Result<bool, StoreError> {
+    async fn begin_erase(&self, id: &SessionId) -> Result<EraseStart, StoreError> {
         // An id with no session is held too, by a marked stand-in, so that no create of it
         // lands between this erasure's steps and loses its events to them. The stand-in has
         // a session's shape, closed, so that any reader can parse it; `standIn` tells it from
         // a session when a repeated erasure finds it.
-        let now = bson_time(Timestamp::now());
+        //
+        // The mark is exclusive: it is taken only from a document that no erasure holds, or
+        // whose holder's lease ran out (or that an older version marked without one). So a
+        // second erasure never runs its `deleteMany` after the first has freed the id.
+        let now = Timestamp::now();
+        let lease = uuid::Uuid::new_v4().simple().to_string();
+        let expired = bson_time(Timestamp::from_millis(now.millis() - millis(ERASE_LEASE)));
+        let takeable = doc! {
+            "_id": id.as_str(),
+            "$or": [
+                {"erasing": {"$ne": true}},
+                {"eraseSince": {"$exists": false}},
+                {"eraseSince": {"$lt": expired}},
+            ],
+        };
         let mark = doc! {
-            "$set": {"erasing": true},
+            "$set": {"erasing": true, "eraseLease": &lease, "eraseSince": bson_time(now)},
             "$setOnInsert": {
                 "status": SessionStatus::Failed.as_str(),
                 "language": Bson::Null,
                 "metadata": {},
-                "startedAt": now,
-                "updatedAt": now,
+                "startedAt": bson_time(now),
+                "updatedAt": bson_time(now),
                 "lastSeq": 0_i64,
                 "standIn": true,
             },
         };
+        let ours = |doc: &SessionDoc| doc.erasing && doc.erase_lease.as_deref() == Some(&*lease);
         // Whether there was a session is read from the marked document, not from an empty
-        // "before" (see `create`). A create racing this upsert can surface a duplicate-key
-        // error, and an erasure finishing meanwhile can take the document: both are tried
-        // again.
+        // "before" (see `create`). When the upsert cannot take the document, it tries to
+        // insert one and hits the unique `_id`: then the document is read to tell a holding
+        // erasure (busy) from a create that raced this upsert (tried again).
         for _attempt in 0..UPSERT_ATTEMPTS {
             let marked = self
                 .sessions
-                .find_one_and_update(doc! {"_id": id.as_str()}, mark.clone())
+                .find_one_and_update(takeable.clone(), mark.clone())
                 .upsert(true)
                 .return_document(ReturnDocument::After)
                 .max_time(self.timeout)
                 .await;
-            let marked = match marked {
+            let found = match marked {
                 Ok(Some(doc)) => doc,
                 // MongoDB always returns the document of an upsert asked for "after".
                 Ok(None) => match self.find_session(id).await? {
-                    Some(doc) if doc.erasing => doc,
-                    _ => continue,
+                    Some(doc) => doc,
+                    None => continue,
                 },
-                Err(e) if is_duplicate_key(&e) => continue,
+                Err(e) if is_duplicate_key(&e) => match self.find_session(id).await? {
+                    Some(doc) => doc,
+                    None => continue,
+                },
                 Err(e) => return Err(classify(e)),
             };
-            return Ok(!marked.stand_in);
+            if ours(&found) {
+                return Ok(EraseStart::Holding {
+                    existed: !found.stand_in,
+                    lease,
+                });
+            }
+            if found.erasing && found.erase_since.is_some_and(|t| t >= expired) {
+                return Ok(EraseStart::Busy);
+            }
         }
         Err(StoreError::Unavailable(
             "creates of the session id kept racing the erasure: send the DELETE again".into(),
         ))
     }
 
-    async fn delete(&self, id: &SessionId) -> Result<(), StoreError> {
+    async fn delete(&self, id: &SessionId, lease: &str) -> Result<(), StoreError> {
         self.sessions
-            .delete_one(doc! {"_id": id.as_str(), "erasing": true})
+            .delete_one(doc! {"_id": id.as_str(), "erasing": true, "eraseLease": lease})
             .await
             .map_err(classify)?;
         Ok(())

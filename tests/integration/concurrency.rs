@@ -12,6 +12,7 @@ on_both_stores!(
     concurrent_conflicting_appends_store_one_and_refuse_the_rest,
     complete_racing_appends_never_accepts_an_event_after_the_end,
     creates_racing_erasures_of_the_id_get_no_server_error,
+    duplicate_erasures_take_turns_and_spare_a_session_created_between,
 );
 
 const PARALLEL: usize = 32;
@@ -183,4 +184,63 @@ async fn creates_racing_erasures_of_the_id_get_no_server_error(app: TestApp) {
         let (status, _) = app.post("/sessions", &json!({"sessionId": id})).await;
         assert!(status.is_success(), "{id}: {status}");
     }
+}
+
+/// Duplicate `DELETE`s of one session at once, while a client creates the id again and
+/// appends to it. The `DELETE`s take turns: each answers 204 or 404, never 503, and one
+/// answers 204. Whatever a later `DELETE` erases, it erases whole: a session there at the
+/// end has every event acknowledged to it since its create.
+async fn duplicate_erasures_take_turns_and_spare_a_session_created_between(app: TestApp) {
+    let app = Arc::new(app);
+    const ROUNDS: usize = 40;
+    const DELETES: usize = 4;
+    let mut kept = 0;
+    for round in 0..ROUNDS {
+        let id = format!("dup-{round}");
+        app.create_session(&id).await;
+        let deletes = (0..DELETES).map(|_| {
+            let (app, id) = (Arc::clone(&app), id.clone());
+            tokio::spawn(async move {
+                let url = app.url(&format!("/sessions/{id}"));
+                app.client.delete(url).send().await.unwrap().status()
+            })
+        });
+        let recreate = {
+            let (app, id) = (Arc::clone(&app), id.clone());
+            tokio::spawn(async move {
+                // Creates are refused (503) while an erasure holds the id.
+                for _ in 0..200 {
+                    let (status, _) = app.post("/sessions", &json!({"sessionId": id})).await;
+                    if status == StatusCode::CREATED {
+                        let event = json!({"eventId": "after", "type": "system", "payload": {}});
+                        let (status, _) = app.post(&format!("/sessions/{id}/events"), &event).await;
+                        return status == StatusCode::CREATED;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                false
+            })
+        };
+        let statuses: Vec<u16> = join_all(deletes)
+            .await
+            .into_iter()
+            .map(|s| s.unwrap().as_u16())
+            .collect();
+        let acknowledged = recreate.await.unwrap();
+        assert!(
+            statuses.iter().all(|s| [204, 404].contains(s)) && statuses.contains(&204),
+            "round {round}: {statuses:?}"
+        );
+        let (session, _) = app.get(&format!("/sessions/{id}")).await;
+        if session == StatusCode::OK && acknowledged {
+            kept += 1;
+            let (event, body) = app.get(&format!("/sessions/{id}/events/after")).await;
+            assert_eq!(
+                event,
+                StatusCode::OK,
+                "round {round}: the session stayed, its event went: {body}"
+            );
+        }
+    }
+    eprintln!("{kept} of {ROUNDS} sessions created between the erasures outlived them");
 }

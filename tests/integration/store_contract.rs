@@ -8,8 +8,8 @@ use conversation_sessions::domain::{
     SessionId, SessionStatus, Timestamp,
 };
 use conversation_sessions::store::{
-    CreateOutcome, EventFilter, EventPageQuery, EventRepository, Inserted, MongoStore, PageStart,
-    SessionFilter, SessionPageQuery, SessionRepository, StoreError,
+    CreateOutcome, EraseStart, EventFilter, EventPageQuery, EventRepository, Inserted, MongoStore,
+    PageStart, SessionFilter, SessionPageQuery, SessionRepository, StoreError,
 };
 use serde_json::json;
 
@@ -54,6 +54,7 @@ contract!(
     sessions_list_by_start_time_with_filters,
     an_erasure_deletes_only_its_own_sessions_events,
     an_erasure_of_a_missing_id_spares_a_session_created_meanwhile,
+    a_second_erasure_spares_a_session_created_after_the_first,
 );
 
 async fn mongo_store() -> Arc<MongoStore> {
@@ -534,8 +535,9 @@ async fn an_erasure_deletes_only_its_own_sessions_events(store: Arc<impl Store>)
     let at = Timestamp::from_millis(1);
     store.create(new_session("a", "x"), at).await.unwrap();
     store.insert(&event("a", "old", 10, 1)).await.unwrap();
-    assert!(store.begin_erase(&sid("a")).await.unwrap());
-    assert!(!store.begin_erase(&sid("none")).await.unwrap());
+    let (existed, lease) = hold(&*store, "a").await;
+    assert!(existed);
+    assert!(!hold(&*store, "none").await.0);
     assert!(SessionRepository::get(&*store, &sid("a"))
         .await
         .unwrap()
@@ -558,7 +560,7 @@ async fn an_erasure_deletes_only_its_own_sessions_events(store: Arc<impl Store>)
         other => panic!("a create during the erasure: {other:?}"),
     };
     store.delete_session_events(&sid("a")).await.unwrap();
-    store.delete(&sid("a")).await.unwrap();
+    store.delete(&sid("a"), &lease).await.unwrap();
     let kept = EventRepository::get(&*store, &sid("a"), &EventId::parse("new").unwrap()).await;
     let gone = EventRepository::get(&*store, &sid("a"), &EventId::parse("old").unwrap()).await;
     assert!(gone.unwrap().is_none());
@@ -580,10 +582,16 @@ async fn an_erasure_deletes_only_its_own_sessions_events(store: Arc<impl Store>)
 /// create waits for the end (MongoDB: 503), or the erasure held nothing (memory).
 async fn an_erasure_of_a_missing_id_spares_a_session_created_meanwhile(store: Arc<impl Store>) {
     let at = Timestamp::from_millis(1);
-    assert!(!store.begin_erase(&sid("m")).await.unwrap());
+    let (existed, lease) = hold(&*store, "m").await;
+    assert!(!existed);
+    // MongoDB: the first erasure holds the id. Memory: nothing is held.
+    let second = store.begin_erase(&sid("m")).await.unwrap();
     assert!(
-        !store.begin_erase(&sid("m")).await.unwrap(),
-        "a repeated erasure finds no session either"
+        matches!(
+            second,
+            EraseStart::Busy | EraseStart::Holding { existed: false, .. }
+        ),
+        "{second:?}"
     );
     assert!(SessionRepository::get(&*store, &sid("m"))
         .await
@@ -600,7 +608,7 @@ async fn an_erasure_of_a_missing_id_spares_a_session_created_meanwhile(store: Ar
         other => panic!("a create during the erasure: {other:?}"),
     };
     store.delete_session_events(&sid("m")).await.unwrap();
-    store.delete(&sid("m")).await.unwrap();
+    store.delete(&sid("m"), &lease).await.unwrap();
     if created {
         let kept = EventRepository::get(&*store, &sid("m"), &EventId::parse("new").unwrap()).await;
         assert!(
@@ -613,4 +621,101 @@ async fn an_erasure_of_a_missing_id_spares_a_session_created_meanwhile(store: Ar
     }
     let session = SessionRepository::get(&*store, &sid("m")).await.unwrap();
     assert!(session.is_some(), "the session created after the erasure");
+}
+
+/// Two erasures of one id at once (a duplicate `DELETE`): the second cannot run its
+/// `deleteMany` after the first freed the id, where it would take the events of a session
+/// created in between. MongoDB: the second finds the id busy. Memory: the first erased
+/// everything at once, and the second has nothing of the new session to take.
+async fn a_second_erasure_spares_a_session_created_after_the_first(store: Arc<impl Store>) {
+    let at = Timestamp::from_millis(1);
+    store.create(new_session("d", "x"), at).await.unwrap();
+    store.insert(&event("d", "old", 10, 1)).await.unwrap();
+    let (existed, first) = hold(&*store, "d").await;
+    assert!(existed);
+    let second = store.begin_erase(&sid("d")).await.unwrap();
+    store.delete_session_events(&sid("d")).await.unwrap();
+    store.delete(&sid("d"), &first).await.unwrap();
+    let created = store.create(new_session("d", "y"), at).await.unwrap();
+    assert!(matches!(created, CreateOutcome::Created(_)), "{created:?}");
+    store.insert(&event("d", "new", 10, 1)).await.unwrap();
+    // The second erasure, late, does what it was let do; the first's end, repeated, too.
+    if let EraseStart::Holding { lease, .. } = &second {
+        store.delete_session_events(&sid("d")).await.unwrap();
+        store.delete(&sid("d"), lease).await.unwrap();
+    }
+    store.delete(&sid("d"), &first).await.unwrap();
+    let kept = EventRepository::get(&*store, &sid("d"), &EventId::parse("new").unwrap()).await;
+    assert!(
+        kept.unwrap().is_some(),
+        "the new session's event was erased ({second:?})"
+    );
+    let session = SessionRepository::get(&*store, &sid("d")).await.unwrap();
+    assert!(session.is_some(), "the new session was erased");
+}
+
+/// Starts an erasure that must get the id: whether there was a session, and its lease.
+async fn hold(store: &impl Store, id: &str) -> (bool, String) {
+    match store.begin_erase(&sid(id)).await.unwrap() {
+        EraseStart::Holding { existed, lease } => (existed, lease),
+        EraseStart::Busy => panic!("the erasure of {id} found another under way"),
+    }
+}
+
+/// An erasure that stopped midway (its instance died, or the database failed a step) holds
+/// its id only until its lease runs out. Then a repeated erasure takes the id over and
+/// finishes it; the stopped one, should it finish late, cannot free the id under it.
+#[tokio::test]
+async fn a_stopped_erasure_is_taken_over_after_its_lease() {
+    let config = fresh_mongo_config();
+    let store = MongoStore::connect(&config).await.unwrap();
+    let raw = mongodb::Client::with_uri_str(&config.uri)
+        .await
+        .unwrap()
+        .database(config.db_name.as_deref().unwrap())
+        .collection::<mongodb::bson::Document>("sessions");
+    let lease_ran_out = |id: &'static str| {
+        let raw = raw.clone();
+        async move {
+            let long_ago = mongodb::bson::DateTime::from_millis(Timestamp::now().millis() - 61_000);
+            let moved = raw
+                .update_one(
+                    mongodb::bson::doc! {"_id": id},
+                    mongodb::bson::doc! {"$set": {"eraseSince": long_ago}},
+                )
+                .await
+                .unwrap();
+            assert_eq!(moved.matched_count, 1);
+        }
+    };
+    let at = Timestamp::from_millis(1);
+    store.create(new_session("s", "x"), at).await.unwrap();
+    store.insert(&event("s", "e", 10, 1)).await.unwrap();
+    let (existed, stopped) = hold(&store, "s").await;
+    assert!(existed);
+    assert_eq!(
+        store.begin_erase(&sid("s")).await.unwrap(),
+        EraseStart::Busy
+    );
+    lease_ran_out("s").await;
+    let (existed, taken) = hold(&store, "s").await;
+    assert!(existed, "the session was there");
+    assert_ne!(taken, stopped);
+    store.delete(&sid("s"), &stopped).await.unwrap();
+    let meanwhile = store.create(new_session("s", "y"), at).await;
+    assert!(
+        matches!(meanwhile, Err(StoreError::Unavailable(_))),
+        "the stopped erasure freed the id: {meanwhile:?}"
+    );
+    store.delete_session_events(&sid("s")).await.unwrap();
+    store.delete(&sid("s"), &taken).await.unwrap();
+    let gone = EventRepository::get(&store, &sid("s"), &EventId::parse("e").unwrap()).await;
+    assert!(gone.unwrap().is_none());
+    let again = store.create(new_session("s", "y"), at).await.unwrap();
+    assert!(matches!(again, CreateOutcome::Created(_)), "{again:?}");
+
+    // The stand-in of an id with no session: taken over, it is still no session.
+    assert!(!hold(&store, "m").await.0);
+    lease_ran_out("m").await;
+    assert!(!hold(&store, "m").await.0, "a stand-in taken over");
 }
