@@ -459,8 +459,17 @@ impl EventService {
     }
 }
 
+/// Each try found its seq taken by an event stored since the last: the leftovers of an
+/// erase are still landing. Not a fault of the request; sent again, it is judged afresh.
 fn seqs_kept_taken() -> ServiceError {
-    StoreError::Backend(format!("{SEQ_ATTEMPTS} reserved seqs in a row were taken").into()).into()
+    StoreError::Unavailable(
+        format!(
+        "{SEQ_ATTEMPTS} reserved seqs in a row were taken by events left behind by an erasure: \
+         send the request again"
+    )
+        .into(),
+    )
+    .into()
 }
 
 /// The store's answers do not add up (an event a duplicate key proved is gone though its
@@ -580,6 +589,8 @@ mod tests {
         EraseBeforeSecondRound,
         /// Erased, with its events, when a replay reads the stored event.
         EraseBeforeRead,
+        /// An event left behind by an erase lands at each seq just before its insert.
+        LeftoverAhead,
     }
 
     impl Interfering {
@@ -592,7 +603,7 @@ mod tests {
                             .close(session, FinalStatus::Completed, Timestamp::now());
                     assert!(closed.await.unwrap().is_some());
                 }
-                Hook::EraseBeforeSecondRound | Hook::EraseBeforeRead => {}
+                Hook::EraseBeforeSecondRound | Hook::EraseBeforeRead | Hook::LeftoverAhead => {}
             }
         }
 
@@ -606,10 +617,17 @@ mod tests {
     impl EventRepository for Interfering {
         async fn insert(&self, event: &Event) -> Result<(), StoreError> {
             self.act(&event.session_id).await;
+            if self.hook == Hook::LeftoverAhead {
+                leave(&self.memory, &event.session_id, std::iter::once(event.seq)).await;
+            }
             self.memory.insert(event).await
         }
         async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError> {
             self.act(&events[0].session_id).await;
+            if self.hook == Hook::LeftoverAhead {
+                let seqs = events.iter().map(|e| e.seq);
+                leave(&self.memory, &events[0].session_id, seqs).await;
+            }
             self.memory.insert_many(events).await
         }
         async fn last_seq(&self, s: &SessionId) -> Result<Option<i64>, StoreError> {
@@ -636,6 +654,26 @@ mod tests {
         async fn page(&self, s: &SessionId, q: &EventPageQuery) -> Result<Vec<Event>, StoreError> {
             self.memory.page(s, q).await
         }
+    }
+
+    /// Leftovers that keep landing at the very seqs an append draws: after its last try it
+    /// answers 503, which says that the same request may be sent again.
+    #[tokio::test]
+    async fn appends_outrun_by_leftovers_at_every_try_are_unavailable() {
+        let memory = Arc::new(MemoryStore::default());
+        let session = open_session(&memory).await;
+        let events = interfered(&memory, Hook::LeftoverAhead);
+        let single = events.append(&session, new_event("e")).await;
+        assert!(
+            matches!(single, Err(ServiceError::Store(StoreError::Unavailable(_)))),
+            "{single:?}"
+        );
+        let batch = vec![Ok(new_event("a")), Ok(new_event("b"))];
+        let batch = events.append_batch(&session, batch).await;
+        assert!(
+            matches!(batch, Err(ServiceError::Store(StoreError::Unavailable(_)))),
+            "{batch:?}"
+        );
     }
 
     #[tokio::test]

@@ -168,7 +168,8 @@ pub enum EraseStart {
     /// This erasure holds the id; `existed` tells whether there was a session under it.
     /// `lease` names the hold for [`SessionRepository::delete`].
     Holding { existed: bool, lease: String },
-    /// Another erasure of the id is under way.
+    /// Another erasure of the id is under way, or creates and erasures of it kept changing
+    /// it under this one: try again shortly.
     Busy,
 }
 

@@ -202,7 +202,9 @@ async fn duplicate_erasures_take_turns_and_spare_a_session_created_between(app: 
             let (app, id) = (Arc::clone(&app), id.clone());
             tokio::spawn(async move {
                 let url = app.url(&format!("/sessions/{id}"));
-                app.client.delete(url).send().await.unwrap().status()
+                let response = app.client.delete(url).send().await.unwrap();
+                let status = response.status().as_u16();
+                (status, response.text().await.unwrap())
             })
         });
         let recreate = {
@@ -221,15 +223,16 @@ async fn duplicate_erasures_take_turns_and_spare_a_session_created_between(app: 
                 false
             })
         };
-        let statuses: Vec<u16> = join_all(deletes)
+        let answers: Vec<(u16, String)> = join_all(deletes)
             .await
             .into_iter()
-            .map(|s| s.unwrap().as_u16())
+            .map(Result::unwrap)
             .collect();
+        let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
         let acknowledged = recreate.await.unwrap();
         assert!(
             statuses.iter().all(|s| [204, 404].contains(s)) && statuses.contains(&204),
-            "round {round}: {statuses:?}"
+            "round {round}: {answers:?}"
         );
         let (session, _) = app.get(&format!("/sessions/{id}")).await;
         if session == StatusCode::OK && acknowledged {
