@@ -203,6 +203,12 @@ fn api_keys(raw: &str) -> Result<Vec<String>, ConfigError> {
             name: "API_KEYS",
             message: format!("cannot read the key file {}: {e}", path.display()),
         })?
+    } else if names_a_missing_file(path) {
+        // Taken as a key, a mistyped path would guard the API with a guessable key.
+        return Err(ConfigError {
+            name: "API_KEYS",
+            message: format!("names the key file {}, which is not there", path.display()),
+        });
     } else {
         raw.to_owned()
     };
@@ -225,6 +231,16 @@ fn api_keys(raw: &str) -> Result<Vec<String>, ConfigError> {
         }),
         None => Ok(keys),
     }
+}
+
+/// An absolute path into an existing directory other than `/`: a key that looks like that
+/// is a key file's path with a typo in it, or a file not mounted.
+fn names_a_missing_file(path: &std::path::Path) -> bool {
+    path.is_absolute()
+        && !path.to_string_lossy().contains(',')
+        && path
+            .parent()
+            .is_some_and(|dir| dir.parent().is_some() && dir.is_dir())
 }
 
 /// Zero would mean "fail at once" to some driver settings and "no limit" to others.
@@ -319,6 +335,15 @@ mod tests {
         for bad in ["short", ",", "has space in the key 0123"] {
             assert!(config(&[("API_KEYS", bad)]).is_err(), "{bad:?}");
         }
+        let missing = std::env::temp_dir().join(format!("no-keys-{}", std::process::id()));
+        let err = config(&[("API_KEYS", missing.to_str().unwrap())]).unwrap_err();
+        assert!(err.to_string().contains("which is not there"), "{err}");
+        // A key may start with a slash (base64 does): only a path into a directory is one.
+        let key = "/q9Xy+Zk/2mWc0B7vLp4R";
+        assert_eq!(
+            config(&[("API_KEYS", key)]).unwrap().api_keys.unwrap(),
+            [key]
+        );
     }
 
     #[test]
