@@ -173,11 +173,16 @@ impl EventService {
     }
 
     /// A duplicate key proved the event stored, and then it was not found: the session was
-    /// erased in between (404), or the store is broken.
+    /// erased in between (404). When a session is there, the id was created again since (or
+    /// retention took the event): the request, sent again, is judged against what is there
+    /// now, so it gets 503.
     async fn stored_event_missing(&self, session: &SessionId) -> ServiceError {
         match self.sessions.get(session).await {
             Ok(None) => ServiceError::SessionNotFound(session.clone()),
-            Ok(Some(_)) => vanished(),
+            Ok(Some(_)) => StoreError::Unavailable(
+                "the stored event was erased while this request read it: send it again".into(),
+            )
+            .into(),
             Err(e) => e.into(),
         }
     }
@@ -589,6 +594,8 @@ mod tests {
         EraseBeforeSecondRound,
         /// Erased, with its events, when a replay reads the stored event.
         EraseBeforeRead,
+        /// Erased, with its events, and created again, when a replay reads the stored event.
+        RecreateBeforeRead,
         /// An event left behind by an erase lands at each seq just before its insert.
         LeftoverAhead,
     }
@@ -603,13 +610,28 @@ mod tests {
                             .close(session, FinalStatus::Completed, Timestamp::now());
                     assert!(closed.await.unwrap().is_some());
                 }
-                Hook::EraseBeforeSecondRound | Hook::EraseBeforeRead | Hook::LeftoverAhead => {}
+                Hook::EraseBeforeSecondRound
+                | Hook::EraseBeforeRead
+                | Hook::RecreateBeforeRead
+                | Hook::LeftoverAhead => {}
             }
         }
 
         async fn erase(&self, session: &SessionId) {
             let erased = self.memory.begin_erase(session).await.unwrap();
             assert!(matches!(erased, EraseStart::Holding { existed: true, .. }));
+        }
+
+        /// Before a replay reads the stored event.
+        async fn before_read(&self, session: &SessionId) {
+            match self.hook {
+                Hook::EraseBeforeRead => self.erase(session).await,
+                Hook::RecreateBeforeRead => {
+                    self.erase(session).await;
+                    assert_eq!(open_session(&self.memory).await, *session);
+                }
+                _ => {}
+            }
         }
     }
 
@@ -637,18 +659,14 @@ mod tests {
             self.memory.last_seq(s).await
         }
         async fn get(&self, s: &SessionId, e: &EventId) -> Result<Option<Event>, StoreError> {
-            if self.hook == Hook::EraseBeforeRead {
-                self.erase(s).await;
-            }
+            self.before_read(s).await;
             EventRepository::get(&*self.memory, s, e).await
         }
         async fn delete_session_events(&self, s: &SessionId) -> Result<u64, StoreError> {
             self.memory.delete_session_events(s).await
         }
         async fn get_many(&self, s: &SessionId, ids: &[EventId]) -> Result<Vec<Event>, StoreError> {
-            if self.hook == Hook::EraseBeforeRead {
-                self.erase(s).await;
-            }
+            self.before_read(s).await;
             self.memory.get_many(s, ids).await
         }
         async fn page(&self, s: &SessionId, q: &EventPageQuery) -> Result<Vec<Event>, StoreError> {
@@ -762,6 +780,31 @@ mod tests {
             "{:?}",
             items[0]
         );
+    }
+
+    /// A retry whose stored event went with an erasure, and whose id was created again, before
+    /// its read: 503, never a 500. Sent again, it is judged against the new session.
+    #[tokio::test]
+    async fn a_retry_whose_session_is_erased_and_created_again_before_its_read_is_unavailable() {
+        let memory = Arc::new(MemoryStore::default());
+        let plain = service(&memory, Arc::clone(&memory) as _);
+        let events = interfered(&memory, Hook::RecreateBeforeRead);
+        let session = open_session(&memory).await;
+        plain.append(&session, new_event("old")).await.unwrap();
+        let single = events.append(&session, new_event("old")).await;
+        assert!(
+            matches!(single, Err(ServiceError::Store(StoreError::Unavailable(_)))),
+            "{single:?}"
+        );
+        plain.append(&session, new_event("old")).await.unwrap();
+        let batch = vec![Ok(new_event("old"))];
+        let batch = events.append_batch(&session, batch).await;
+        assert!(
+            matches!(batch, Err(ServiceError::Store(StoreError::Unavailable(_)))),
+            "{batch:?}"
+        );
+        let again = plain.append(&session, new_event("old")).await.unwrap();
+        assert!(matches!(again, Written::Created(_)), "{again:?}");
     }
 
     /// An append whose reservation missed a session created right after it asks again and

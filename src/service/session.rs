@@ -10,7 +10,7 @@ use crate::domain::{
 use crate::feed::SessionFeed;
 use crate::store::{
     CreateOutcome, EraseStart, EventRepository, SessionFilter, SessionPageQuery, SessionRepository,
-    StoreError,
+    StoreError, ERASE_LEASE,
 };
 
 /// How long an erasure waits for another erasure of the same id to end.
@@ -131,7 +131,17 @@ impl SessionService {
     pub async fn erase(&self, id: &SessionId) -> Result<(), ServiceError> {
         // The session is marked first, so that no new append can reserve a seq; then its
         // events go; only then is the id free, so the events deleted are all its own.
+        let held = Instant::now();
         let (existed, lease) = self.hold_for_erasure(id).await?;
+        // Past half its lease (this instance was paused, or the store slow), another erasure
+        // may soon take the id over and free it: a `deleteMany` sent after that could take a
+        // new session's events. The id stays held, and a repeated `DELETE` finishes the job.
+        if held.elapsed() > ERASE_LEASE / 2 {
+            return Err(StoreError::Unavailable(
+                "the erasure was held up before deleting the events: send the DELETE again".into(),
+            )
+            .into());
+        }
         self.events.delete_session_events(id).await?;
         self.sessions.delete(id, &lease).await?;
         self.feed.closed(id);
@@ -182,5 +192,36 @@ impl SessionService {
         } else {
             Err(ServiceError::SessionClosed(Box::new(stored)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::service::testing::{open_session, Sessions};
+    use crate::store::MemoryStore;
+
+    /// An erasure held up past half its lease before deleting the events answers 503, since
+    /// another erasure may take the id over and free it meanwhile; one on time answers 204.
+    #[tokio::test(start_paused = true)]
+    async fn an_erasure_held_up_past_half_its_lease_answers_503() {
+        let memory = Arc::new(MemoryStore::default());
+        let sessions = Arc::new(Sessions::new(&memory));
+        let service = SessionService::new(
+            Arc::clone(&sessions) as _,
+            Arc::clone(&memory) as _,
+            Arc::new(SessionFeed::default()),
+        );
+        let id = open_session(&memory).await;
+        sessions.stall_next_erase.store(true, Ordering::SeqCst);
+        let late = service.erase(&id).await;
+        assert!(
+            matches!(late, Err(ServiceError::Store(StoreError::Unavailable(_)))),
+            "{late:?}"
+        );
+        let id = open_session(&memory).await;
+        service.erase(&id).await.unwrap();
     }
 }

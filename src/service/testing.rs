@@ -34,6 +34,8 @@ pub struct Sessions {
     pub miss_next_reservation: AtomicBool,
     /// The next read fails as an unavailable database.
     pub fail_next_get: AtomicBool,
+    /// The next erasure's mark takes as long as a whole lease (on tokio's paused clock).
+    pub stall_next_erase: AtomicBool,
 }
 
 impl Sessions {
@@ -42,6 +44,7 @@ impl Sessions {
             memory: Arc::clone(memory),
             miss_next_reservation: AtomicBool::new(false),
             fail_next_get: AtomicBool::new(false),
+            stall_next_erase: AtomicBool::new(false),
         }
     }
 }
@@ -61,6 +64,9 @@ impl SessionRepository for Sessions {
         self.memory.list(query).await
     }
     async fn begin_erase(&self, id: &SessionId) -> Result<EraseStart, StoreError> {
+        if self.stall_next_erase.swap(false, Ordering::SeqCst) {
+            tokio::time::advance(crate::store::ERASE_LEASE).await;
+        }
         self.memory.begin_erase(id).await
     }
     async fn delete(&self, id: &SessionId, lease: &str) -> Result<(), StoreError> {

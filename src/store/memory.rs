@@ -150,9 +150,8 @@ impl SessionRepository for MemoryStore {
 
     /// The whole erasure at once: a session's events are held in its entry and go with it.
     /// The id is free at once, so [`Self::delete`] and `delete_session_events` have nothing
-    /// left to do, and must not touch a session created again since.
-    /// The whole erasure, at once: the session's events live in its entry. Nothing is left
-    /// to hold, so a concurrent erasure is never busy.
+    /// left to do, and must not touch a session created again since. Nothing is held, so a
+    /// concurrent erasure is never busy.
     async fn begin_erase(&self, id: &SessionId) -> Result<EraseStart, StoreError> {
         let mut shard = self.shard(id).write().map_err(|_| poisoned())?;
         let existed = shard.remove(id).is_some();

@@ -9,6 +9,8 @@ mod memory;
 mod metered;
 pub mod mongo;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::domain::{
@@ -162,11 +164,17 @@ pub struct SessionPageQuery {
     pub limit: usize,
 }
 
+/// How long an erasure holds its session id against other erasures. One that stopped midway
+/// (its instance died, or the database failed a step) is taken over after this; one still
+/// running is done long before.
+pub const ERASE_LEASE: Duration = Duration::from_secs(60);
+
 /// What [`SessionRepository::begin_erase`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EraseStart {
     /// This erasure holds the id; `existed` tells whether there was a session under it.
-    /// `lease` names the hold for [`SessionRepository::delete`].
+    /// `lease` names the hold for [`SessionRepository::delete`]; it is empty where the store
+    /// holds nothing (the in-memory store, which erases at once).
     Holding { existed: bool, lease: String },
     /// Another erasure of the id is under way, or creates and erasures of it kept changing
     /// it under this one: try again shortly.

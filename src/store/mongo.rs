@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::bson_json::{object_to_raw, raw_to_object};
 use super::{
     CreateOutcome, EraseStart, EventFilter, EventPageQuery, EventRepository, Inserted, PageStart,
-    Reservation, SessionPageQuery, SessionRepository, StoreError,
+    Reservation, SessionPageQuery, SessionRepository, StoreError, ERASE_LEASE,
 };
 use crate::domain::{
     Event, EventId, EventType, FinalStatus, JsonObject, Language, NewSession, Order, Session,
@@ -621,11 +621,6 @@ fn open_statuses() -> Bson {
 fn open_session_filter(id: &SessionId) -> Document {
     doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}, "erasing": {"$ne": true}}
 }
-
-/// How long an erasure holds its session id against other erasures. One that stopped midway
-/// (its instance died, or the database failed it) is taken over after this; one still
-/// running is done long before.
-const ERASE_LEASE: Duration = Duration::from_secs(60);
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

@@ -189,11 +189,12 @@ async fn creates_racing_erasures_of_the_id_get_no_server_error(app: TestApp) {
 /// Duplicate `DELETE`s of one session at once, while a client creates the id again and
 /// appends to it. The `DELETE`s take turns: each answers 204 or 404, never 503, and one
 /// answers 204. Whatever a later `DELETE` erases, it erases whole: a session there at the
-/// end has every event acknowledged to it since its create.
+/// end has every event acknowledged to it since its create. (On MongoDB 3-11 of 40 such
+/// sessions outlived the erasures in trial runs, so 120 rounds check some.)
 async fn duplicate_erasures_take_turns_and_spare_a_session_created_between(app: TestApp) {
     let app = Arc::new(app);
-    const ROUNDS: usize = 40;
-    const DELETES: usize = 4;
+    const ROUNDS: usize = 120;
+    const DELETES: usize = 2;
     let mut kept = 0;
     for round in 0..ROUNDS {
         let id = format!("dup-{round}");
@@ -246,4 +247,8 @@ async fn duplicate_erasures_take_turns_and_spare_a_session_created_between(app: 
         }
     }
     eprintln!("{kept} of {ROUNDS} sessions created between the erasures outlived them");
+    assert!(
+        kept > 0,
+        "no session outlived the erasures: nothing was checked"
+    );
 }
