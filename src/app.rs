@@ -74,6 +74,7 @@ impl AppState {
                 Arc::clone(&sessions),
                 Arc::clone(&events),
                 Arc::clone(&feed),
+                config.erase_settle,
             ),
             events: EventService::new(
                 Arc::clone(&sessions),

@@ -55,6 +55,11 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// Open connections one instance accepts; more are closed at once.
     pub max_connections: usize,
+    /// How long after a session's last write an erasure deletes its events once more, for
+    /// appends that reserved a seq before the erasure and may still be inserting: the time
+    /// one store call may take (`DB_TIMEOUT_MS` plus one second), plus a second for clocks.
+    /// Zero for the in-memory store, where no append outlives an erasure.
+    pub erase_settle: Duration,
 }
 
 /// A setting that is present but unusable.
@@ -96,6 +101,7 @@ impl Config {
                 command_metrics: flag("DB_COMMAND_METRICS", get("DB_COMMAND_METRICS"), false)?,
             }),
         };
+        let settle = erase_settle(mongo.as_ref());
         let log_format = match get("LOG_FORMAT").as_deref() {
             None | Some("pretty") => LogFormat::Pretty,
             Some("json") => LogFormat::Json,
@@ -179,6 +185,7 @@ impl Config {
                 "MAX_CONNECTIONS",
             )?
             .min(tokio::sync::Semaphore::MAX_PERMITS),
+            erase_settle: settle,
         })
     }
 }
@@ -231,6 +238,15 @@ fn api_keys(raw: &str) -> Result<Vec<String>, ConfigError> {
         }),
         None => Ok(keys),
     }
+}
+
+/// See [`Config::erase_settle`]. At most a sixth of the erase lease (10 s): an erasure may
+/// wait for another for 5 s more than this, and then for its own appends in flight, and must
+/// still send its last `deleteMany` within half the lease.
+fn erase_settle(mongo: Option<&MongoConfig>) -> Duration {
+    mongo.map_or(Duration::ZERO, |m| {
+        (m.timeout + Duration::from_secs(2)).min(crate::store::ERASE_LEASE / 6)
+    })
 }
 
 /// An absolute path into an existing directory other than `/`: a key that looks like that
@@ -343,6 +359,24 @@ mod tests {
         assert_eq!(
             config(&[("API_KEYS", key)]).unwrap().api_keys.unwrap(),
             [key]
+        );
+    }
+
+    /// An erasure waits for appends in flight as long as one store call may take, plus a
+    /// second for clocks; never in memory, and never more than 10 s.
+    #[test]
+    fn the_erase_settle_follows_the_database_timeout() {
+        let settle = |pairs: &[(&str, &str)]| config(pairs).unwrap().erase_settle;
+        assert_eq!(settle(&[]), Duration::ZERO);
+        let uri = ("DB_URI", "mongodb://db:27017/x");
+        assert_eq!(settle(&[uri]), Duration::from_secs(5));
+        assert_eq!(
+            settle(&[uri, ("DB_TIMEOUT_MS", "500")]),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            settle(&[uri, ("DB_TIMEOUT_MS", "60000")]),
+            Duration::from_secs(10)
         );
     }
 

@@ -107,7 +107,7 @@ impl ApiError {
                 "session_closed",
                 Some(json!({ "session": s })),
             ),
-            Self::Service(S::Store(StoreError::Unavailable(_)) | S::Overloaded(_)) => {
+            Self::Service(S::Store(StoreError::Unavailable(_)) | S::Overloaded(_) | S::Busy(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None)
             }
             Self::Service(S::Store(_)) | Self::Internal(_) => {
@@ -121,7 +121,7 @@ impl ApiError {
         match status {
             _ if matches!(
                 self,
-                Self::Service(ServiceError::Overloaded(_)) | Self::NotReady
+                Self::Service(ServiceError::Overloaded(_) | ServiceError::Busy(_)) | Self::NotReady
             ) =>
             {
                 self.to_string()

@@ -96,6 +96,9 @@ pub enum ServiceError {
     /// This instance is at a configured capacity; another instance or a retry may succeed.
     #[error("{0}")]
     Overloaded(&'static str),
+    /// Another request holds what this one needs, for now; a retry may succeed.
+    #[error("{0}")]
+    Busy(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -9,12 +9,26 @@ use crate::domain::{
 };
 use crate::feed::SessionFeed;
 use crate::store::{
-    CreateOutcome, EraseStart, EventRepository, SessionFilter, SessionPageQuery, SessionRepository,
-    StoreError, ERASE_LEASE,
+    CreateOutcome, EraseStart, EventRepository, LastWrite, SessionFilter, SessionPageQuery,
+    SessionRepository, StoreError, ERASE_LEASE,
 };
 
 /// How long an erasure waits for another erasure of the same id to end.
 const ERASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Past half its lease (this instance was paused, or the store slow), another erasure may
+/// soon take the id over and free it: a `deleteMany` sent after that could take a new
+/// session's events. So an erasure that late sends none; the id stays held, and a repeated
+/// `DELETE` finishes the job.
+fn on_time(held: Instant) -> Result<(), ServiceError> {
+    if held.elapsed() > ERASE_LEASE / 2 {
+        return Err(StoreError::Unavailable(
+            "the erasure was held up before deleting the events: send the DELETE again".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
 
 /// A validated request for a page of sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +71,8 @@ pub struct SessionService {
     sessions: Arc<dyn SessionRepository>,
     events: Arc<dyn EventRepository>,
     feed: Arc<SessionFeed>,
+    /// See [`crate::config::Config::erase_settle`].
+    erase_settle: Duration,
 }
 
 impl SessionService {
@@ -64,11 +80,13 @@ impl SessionService {
         sessions: Arc<dyn SessionRepository>,
         events: Arc<dyn EventRepository>,
         feed: Arc<SessionFeed>,
+        erase_settle: Duration,
     ) -> Self {
         Self {
             sessions,
             events,
             feed,
+            erase_settle,
         }
     }
 
@@ -128,21 +146,31 @@ impl SessionService {
     }
 
     /// Erases the session and all its events; afterwards the id is free again.
+    ///
+    /// The erasure runs to its end in a task of its own, even when the caller stops waiting
+    /// (a client that hangs up): stopped midway, it would leave the id held, and the events
+    /// readable, until a repeated `DELETE`.
     pub async fn erase(&self, id: &SessionId) -> Result<(), ServiceError> {
+        let (service, id) = (self.clone(), id.clone());
+        match tokio::spawn(async move { service.erase_to_the_end(&id).await }).await {
+            Ok(erased) => erased,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(ServiceError::Overloaded("the service is shutting down")),
+        }
+    }
+
+    async fn erase_to_the_end(&self, id: &SessionId) -> Result<(), ServiceError> {
         // The session is marked first, so that no new append can reserve a seq; then its
         // events go; only then is the id free, so the events deleted are all its own.
         let held = Instant::now();
-        let (existed, lease) = self.hold_for_erasure(id).await?;
-        // Past half its lease (this instance was paused, or the store slow), another erasure
-        // may soon take the id over and free it: a `deleteMany` sent after that could take a
-        // new session's events. The id stays held, and a repeated `DELETE` finishes the job.
-        if held.elapsed() > ERASE_LEASE / 2 {
-            return Err(StoreError::Unavailable(
-                "the erasure was held up before deleting the events: send the DELETE again".into(),
-            )
-            .into());
+        let (existed, lease, last_write) = self.hold_for_erasure(id).await?;
+        on_time(held)?;
+        let deleted = self.events.delete_session_events(id).await?;
+        if let Some(wait) = last_write.and_then(|w| self.in_flight_wait(w, deleted)) {
+            tokio::time::sleep(wait).await;
+            on_time(held)?;
+            self.events.delete_session_events(id).await?;
         }
-        self.events.delete_session_events(id).await?;
         self.sessions.delete(id, &lease).await?;
         self.feed.closed(id);
         if existed {
@@ -152,25 +180,51 @@ impl SessionService {
         }
     }
 
+    /// How long to wait for appends that reserved a seq before the mark and may still be
+    /// inserting, before the events are deleted once more. None when every reserved seq
+    /// was among the events deleted (nothing can be in flight), or when the session's
+    /// last write is older than an insert may take. A replay or a conflict also takes a
+    /// seq and stores nothing, so after one a recent erasure waits without need.
+    fn in_flight_wait(&self, last: LastWrite, deleted: u64) -> Option<Duration> {
+        if i64::try_from(deleted).unwrap_or(i64::MAX) >= last.seq {
+            return None;
+        }
+        let settled = last
+            .at
+            .millis()
+            .saturating_add(i64::try_from(self.erase_settle.as_millis()).unwrap_or(i64::MAX));
+        let left = settled.saturating_sub(Timestamp::now().millis());
+        u64::try_from(left)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis)
+    }
+
     /// Takes the id for this erasure. While another erasure of it is under way (a duplicate
     /// `DELETE`), this one waits for it to end, a little longer each time, and then erases
-    /// whatever is there by then; past [`ERASE_WAIT`] it gives up with 503.
-    async fn hold_for_erasure(&self, id: &SessionId) -> Result<(bool, String), ServiceError> {
-        let deadline = Instant::now() + ERASE_WAIT;
+    /// whatever is there by then; past [`ERASE_WAIT`] more than the other may wait for
+    /// appends in flight, it gives up with 503.
+    async fn hold_for_erasure(
+        &self,
+        id: &SessionId,
+    ) -> Result<(bool, String, Option<LastWrite>), ServiceError> {
+        let deadline = Instant::now() + ERASE_WAIT + self.erase_settle;
         let mut pause = Duration::from_millis(5);
         loop {
             match self.sessions.begin_erase(id).await? {
-                EraseStart::Holding { existed, lease } => return Ok((existed, lease)),
+                EraseStart::Holding {
+                    existed,
+                    lease,
+                    last_write,
+                } => return Ok((existed, lease, last_write)),
                 EraseStart::Busy if Instant::now() + pause < deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(200));
                 }
                 EraseStart::Busy => {
-                    return Err(StoreError::Unavailable(
-                        "another erasure of this session is under way: send the DELETE again"
-                            .into(),
-                    )
-                    .into())
+                    return Err(ServiceError::Busy(
+                        "another erasure of this session is under way: send the DELETE again",
+                    ))
                 }
             }
         }
@@ -213,6 +267,7 @@ mod tests {
             Arc::clone(&sessions) as _,
             Arc::clone(&memory) as _,
             Arc::new(SessionFeed::default()),
+            Duration::ZERO,
         );
         let id = open_session(&memory).await;
         sessions.stall_next_erase.store(true, Ordering::SeqCst);

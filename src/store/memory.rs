@@ -158,6 +158,7 @@ impl SessionRepository for MemoryStore {
         Ok(EraseStart::Holding {
             existed,
             lease: String::new(),
+            last_write: None,
         })
     }
 

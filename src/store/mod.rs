@@ -169,13 +169,27 @@ pub struct SessionPageQuery {
 /// running is done long before.
 pub const ERASE_LEASE: Duration = Duration::from_secs(60);
 
+/// The latest reservation or close of a session: its last seq and its clock then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastWrite {
+    pub seq: i64,
+    pub at: Timestamp,
+}
+
 /// What [`SessionRepository::begin_erase`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EraseStart {
     /// This erasure holds the id; `existed` tells whether there was a session under it.
     /// `lease` names the hold for [`SessionRepository::delete`]; it is empty where the store
     /// holds nothing (the in-memory store, which erases at once).
-    Holding { existed: bool, lease: String },
+    /// `last_write` is the session's last reserved seq and its clock when marked, for
+    /// appends that reserved before the mark and may still be inserting; `None` for an id
+    /// with no session, and where no append can outlive an erasure (the in-memory store).
+    Holding {
+        existed: bool,
+        lease: String,
+        last_write: Option<LastWrite>,
+    },
     /// Another erasure of the id is under way, or creates and erasures of it kept changing
     /// it under this one: try again shortly.
     Busy,

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 
 use super::bson_json::{object_to_raw, raw_to_object};
 use super::{
-    CreateOutcome, EraseStart, EventFilter, EventPageQuery, EventRepository, Inserted, PageStart,
-    Reservation, SessionPageQuery, SessionRepository, StoreError, ERASE_LEASE,
+    CreateOutcome, EraseStart, EventFilter, EventPageQuery, EventRepository, Inserted, LastWrite,
+    PageStart, Reservation, SessionPageQuery, SessionRepository, StoreError, ERASE_LEASE,
 };
 use crate::domain::{
     Event, EventId, EventType, FinalStatus, JsonObject, Language, NewSession, Order, Session,
@@ -762,9 +762,14 @@ impl SessionRepository for MongoStore {
                 Err(e) => return Err(classify(e)),
             };
             if ours(&found) {
+                let last_write = (!found.stand_in).then(|| LastWrite {
+                    seq: found.last_seq,
+                    at: time_of(found.updated_at),
+                });
                 return Ok(EraseStart::Holding {
                     existed: !found.stand_in,
                     lease,
+                    last_write,
                 });
             }
             if found.erasing && found.erase_since.is_some_and(|t| t >= expired) {

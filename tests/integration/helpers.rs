@@ -58,6 +58,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         header_read_timeout: Duration::from_secs(10),
         body_read_timeout: Duration::from_secs(10),
         max_connections: 10_000,
+        // Test inserts finish in milliseconds; a short wait keeps erasures quick.
+        erase_settle: Duration::from_secs(1),
     };
     adjust(&mut config);
     if std::env::var_os("TEST_LOG").is_some() {

@@ -17,6 +17,7 @@ on_both_stores!(
     metrics_count_requests_events_store_calls_and_streams,
     delete_erases_the_session_and_its_events_and_frees_the_id,
     a_live_stream_ends_when_its_session_is_erased,
+    an_erasure_runs_to_its_end_when_its_client_hangs_up,
 );
 
 async fn health_and_readiness_answer_200(app: TestApp) {
@@ -65,6 +66,42 @@ async fn metrics_count_requests_events_store_calls_and_streams(app: TestApp) {
         !text.contains("/sessions/m1"),
         "raw paths never become labels"
     );
+}
+
+/// A client that hangs up during a `DELETE` does not leave the erasure half done. On
+/// MongoDB the erasure of a session with a replay just now waits for appends in flight (the
+/// replay's seq is not among the events), so the client below gives up during that wait.
+async fn an_erasure_runs_to_its_end_when_its_client_hangs_up(app: TestApp) {
+    app.create_session("hang").await;
+    let event = json!({"eventId": "e1", "type": "system"});
+    app.append("hang", event.clone()).await;
+    let (status, _) = app.post("/sessions/hang/events", &event).await;
+    assert_eq!(status, StatusCode::OK);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let hung_up = impatient.delete(app.url("/sessions/hang")).send().await;
+    match hung_up {
+        Err(e) => assert!(e.is_timeout(), "{e}"),
+        Ok(r) => assert_eq!(r.status(), StatusCode::NO_CONTENT),
+    }
+    // Creates of the id get 503 while the erasure holds it, and 201 once it is over.
+    let started = Instant::now();
+    loop {
+        let (status, body) = app.post("/sessions", &json!({"sessionId": "hang"})).await;
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert_error(status, &body, 503, "unavailable");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the erasure never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, page) = app.get("/sessions/hang/events").await;
+    assert_eq!(page["data"], json!([]));
 }
 
 async fn delete_erases_the_session_and_its_events_and_frees_the_id(app: TestApp) {

@@ -587,7 +587,7 @@ async fn an_erasure_of_a_missing_id_spares_a_session_created_meanwhile(store: Ar
     // MongoDB: the first erasure holds the id. Memory: nothing is held (an empty lease).
     let second = store.begin_erase(&sid("m")).await.unwrap();
     let holds_nothing =
-        matches!(&second, EraseStart::Holding { existed: false, lease } if lease.is_empty());
+        matches!(&second, EraseStart::Holding { existed: false, lease, .. } if lease.is_empty());
     assert!(second == EraseStart::Busy || holds_nothing, "{second:?}");
     assert!(SessionRepository::get(&*store, &sid("m"))
         .await
@@ -653,72 +653,149 @@ async fn a_second_erasure_spares_a_session_created_after_the_first(store: Arc<im
 /// Starts an erasure that must get the id: whether there was a session, and its lease.
 async fn hold(store: &impl Store, id: &str) -> (bool, String) {
     match store.begin_erase(&sid(id)).await.unwrap() {
-        EraseStart::Holding { existed, lease } => (existed, lease),
+        EraseStart::Holding { existed, lease, .. } => (existed, lease),
         EraseStart::Busy => panic!("the erasure of {id} found another under way"),
     }
 }
 
-/// An erasure that stopped midway (its instance died, or the database failed a step) holds
-/// its id only until its lease runs out. Then a repeated erasure takes the id over and
-/// finishes it; the stopped one, should it finish late, cannot free the id under it.
-#[tokio::test]
-async fn a_stopped_erasure_is_taken_over_after_its_lease() {
-    let config = fresh_mongo_config();
-    let store = MongoStore::connect(&config).await.unwrap();
-    let raw = mongodb::Client::with_uri_str(&config.uri)
-        .await
-        .unwrap()
-        .database(config.db_name.as_deref().unwrap())
-        .collection::<mongodb::bson::Document>("sessions");
-    let lease_ran_out = |id: &'static str| {
-        let raw = raw.clone();
-        async move {
-            let lease = i64::try_from(ERASE_LEASE.as_millis()).unwrap();
-            let long_ago =
-                mongodb::bson::DateTime::from_millis(Timestamp::now().millis() - lease - 1_000);
-            let moved = raw
-                .update_one(
-                    mongodb::bson::doc! {"_id": id},
-                    mongodb::bson::doc! {"$set": {"eraseSince": long_ago}},
-                )
+/// Erasure behaviour that only MongoDB has: the in-memory store erases at once.
+mod erasure {
+    pub mod mongo {
+        use super::super::*;
+
+        /// An erasure that stopped midway (its instance died, or the database failed a step) holds
+        /// its id only until its lease runs out. Then a repeated erasure takes the id over and
+        /// finishes it; the stopped one, should it finish late, cannot free the id under it.
+        #[tokio::test]
+        async fn a_stopped_erasure_is_taken_over_after_its_lease() {
+            let config = fresh_mongo_config();
+            let store = MongoStore::connect(&config).await.unwrap();
+            let raw = mongodb::Client::with_uri_str(&config.uri)
+                .await
+                .unwrap()
+                .database(config.db_name.as_deref().unwrap())
+                .collection::<mongodb::bson::Document>("sessions");
+            let lease_ran_out = |id: &'static str| {
+                let raw = raw.clone();
+                async move {
+                    let lease = i64::try_from(ERASE_LEASE.as_millis()).unwrap();
+                    let long_ago = mongodb::bson::DateTime::from_millis(
+                        Timestamp::now().millis() - lease - 1_000,
+                    );
+                    let moved = raw
+                        .update_one(
+                            mongodb::bson::doc! {"_id": id},
+                            mongodb::bson::doc! {"$set": {"eraseSince": long_ago}},
+                        )
+                        .await
+                        .unwrap();
+                    assert_eq!(moved.matched_count, 1);
+                }
+            };
+            let at = Timestamp::from_millis(1);
+            store.create(new_session("s", "x"), at).await.unwrap();
+            store.insert(&event("s", "e", 10, 1)).await.unwrap();
+            let (existed, stopped) = hold(&store, "s").await;
+            assert!(existed);
+            assert_eq!(
+                store.begin_erase(&sid("s")).await.unwrap(),
+                EraseStart::Busy
+            );
+            lease_ran_out("s").await;
+            let (existed, taken) = hold(&store, "s").await;
+            assert!(existed, "the session was there");
+            assert_ne!(taken, stopped);
+            store.delete(&sid("s"), &stopped).await.unwrap();
+            let meanwhile = store.create(new_session("s", "y"), at).await;
+            assert!(
+                matches!(meanwhile, Err(StoreError::Unavailable(_))),
+                "the stopped erasure freed the id: {meanwhile:?}"
+            );
+            store.delete_session_events(&sid("s")).await.unwrap();
+            store.delete(&sid("s"), &taken).await.unwrap();
+            let gone = EventRepository::get(&store, &sid("s"), &EventId::parse("e").unwrap()).await;
+            assert!(gone.unwrap().is_none());
+            let again = store.create(new_session("s", "y"), at).await.unwrap();
+            assert!(matches!(again, CreateOutcome::Created(_)), "{again:?}");
+
+            // The stand-in of an id with no session: held the same way, and taken over, it is still
+            // no session.
+            assert!(!hold(&store, "m").await.0);
+            assert_eq!(
+                store.begin_erase(&sid("m")).await.unwrap(),
+                EraseStart::Busy
+            );
+            lease_ran_out("m").await;
+            assert!(!hold(&store, "m").await.0, "a stand-in taken over");
+        }
+
+        /// An append that reserved its seq before an erasure's mark and inserts its event after the
+        /// erasure deleted the events (an append in flight) does not outlive the erasure: a session
+        /// written to that recently is swept once more when the inserts it may await are done.
+        #[tokio::test]
+        async fn an_erasure_sweeps_the_event_of_an_append_in_flight() {
+            use conversation_sessions::feed::SessionFeed;
+            use conversation_sessions::service::SessionService;
+
+            let store = mongo_store().await;
+            let settle = std::time::Duration::from_secs(2);
+            let service = SessionService::new(
+                Arc::clone(&store) as _,
+                Arc::clone(&store) as _,
+                Arc::new(SessionFeed::default()),
+                settle,
+            );
+            let now = Timestamp::now();
+            store.create(new_session("f", "x"), now).await.unwrap();
+            let first = store
+                .reserve_seqs(&sid("f"), 1, now)
+                .await
+                .unwrap()
+                .unwrap();
+            store
+                .insert(&event("f", "stored", 10, first.first_seq))
                 .await
                 .unwrap();
-            assert_eq!(moved.matched_count, 1);
-        }
-    };
-    let at = Timestamp::from_millis(1);
-    store.create(new_session("s", "x"), at).await.unwrap();
-    store.insert(&event("s", "e", 10, 1)).await.unwrap();
-    let (existed, stopped) = hold(&store, "s").await;
-    assert!(existed);
-    assert_eq!(
-        store.begin_erase(&sid("s")).await.unwrap(),
-        EraseStart::Busy
-    );
-    lease_ran_out("s").await;
-    let (existed, taken) = hold(&store, "s").await;
-    assert!(existed, "the session was there");
-    assert_ne!(taken, stopped);
-    store.delete(&sid("s"), &stopped).await.unwrap();
-    let meanwhile = store.create(new_session("s", "y"), at).await;
-    assert!(
-        matches!(meanwhile, Err(StoreError::Unavailable(_))),
-        "the stopped erasure freed the id: {meanwhile:?}"
-    );
-    store.delete_session_events(&sid("s")).await.unwrap();
-    store.delete(&sid("s"), &taken).await.unwrap();
-    let gone = EventRepository::get(&store, &sid("s"), &EventId::parse("e").unwrap()).await;
-    assert!(gone.unwrap().is_none());
-    let again = store.create(new_session("s", "y"), at).await.unwrap();
-    assert!(matches!(again, CreateOutcome::Created(_)), "{again:?}");
+            let slot = store
+                .reserve_seqs(&sid("f"), 2, now)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(slot.first_seq, 2);
+            let started = std::time::Instant::now();
+            let erasure = tokio::spawn({
+                let service = service.clone();
+                async move { service.erase(&sid("f")).await }
+            });
+            // The erasure has marked the session and deleted its events by now.
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            let gone =
+                EventRepository::get(&*store, &sid("f"), &EventId::parse("stored").unwrap()).await;
+            assert!(gone.unwrap().is_none(), "the first sweep has not run");
+            store.insert(&event("f", "late", 10, 2)).await.unwrap();
+            erasure.await.unwrap().unwrap();
+            assert!(started.elapsed() < settle + std::time::Duration::from_secs(1));
+            let late =
+                EventRepository::get(&*store, &sid("f"), &EventId::parse("late").unwrap()).await;
+            assert!(
+                late.unwrap().is_none(),
+                "the append in flight outlived the erasure"
+            );
 
-    // The stand-in of an id with no session: held the same way, and taken over, it is still
-    // no session.
-    assert!(!hold(&store, "m").await.0);
-    assert_eq!(
-        store.begin_erase(&sid("m")).await.unwrap(),
-        EraseStart::Busy
-    );
-    lease_ran_out("m").await;
-    assert!(!hold(&store, "m").await.0, "a stand-in taken over");
+            // Every reserved seq among the events deleted: nothing can be in flight, no wait.
+            store.create(new_session("g", "x"), now).await.unwrap();
+            let slot = store
+                .reserve_seqs(&sid("g"), 1, Timestamp::now())
+                .await
+                .unwrap()
+                .unwrap();
+            store
+                .insert(&event("g", "only", 10, slot.first_seq))
+                .await
+                .unwrap();
+            let started = std::time::Instant::now();
+            service.erase(&sid("g")).await.unwrap();
+            assert!(started.elapsed() < std::time::Duration::from_millis(1500));
+        }
+    }
 }
