@@ -107,9 +107,11 @@ impl ApiError {
                 "session_closed",
                 Some(json!({ "session": s })),
             ),
-            Self::Service(S::Store(StoreError::Unavailable(_)) | S::Overloaded(_) | S::Busy(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None)
-            }
+            Self::Service(
+                S::Store(StoreError::Unavailable(_) | StoreError::Busy(_))
+                | S::Overloaded(_)
+                | S::Busy(_),
+            ) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             Self::Service(S::Store(_)) | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
@@ -121,7 +123,11 @@ impl ApiError {
         match status {
             _ if matches!(
                 self,
-                Self::Service(ServiceError::Overloaded(_) | ServiceError::Busy(_)) | Self::NotReady
+                Self::Service(
+                    ServiceError::Overloaded(_)
+                        | ServiceError::Busy(_)
+                        | ServiceError::Store(StoreError::Busy(_))
+                ) | Self::NotReady
             ) =>
             {
                 self.to_string()

@@ -43,6 +43,9 @@ pub enum StoreError {
     /// The database cannot be reached or did not answer in time; worth retrying.
     #[error("the store is unavailable")]
     Unavailable(#[source] BoxError),
+    /// The id is held by an erasure for now; worth retrying shortly. The message says so.
+    #[error("{0}")]
+    Busy(&'static str),
     /// Anything else: a bug or a broken database.
     #[error("the store failed")]
     Backend(#[source] BoxError),
@@ -208,7 +211,7 @@ pub trait SessionRepository: Send + Sync {
 
     /// Starts erasing the session and holds its id for this erasure alone. From then on the
     /// session reads as missing and takes no reservation and no close, and its id cannot be
-    /// created again (a create fails with [`StoreError::Unavailable`]) until [`Self::delete`]
+    /// created again (a create fails with [`StoreError::Busy`]) until [`Self::delete`]
     /// finishes the erasure: so its events, erased in between through
     /// [`EventRepository::delete_session_events`], can only be its own. An id with no
     /// session is held the same way, so that a session created meanwhile cannot lose its

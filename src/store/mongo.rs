@@ -673,10 +673,8 @@ impl SessionRepository for MongoStore {
                 Err(e) => return Err(classify(e)),
             };
             if stored.erasing {
-                return Err(StoreError::Unavailable(
-                    "the session id is being erased: retry the create once that is done, \
-                     or send the DELETE again if no erasure is under way"
-                        .into(),
+                return Err(StoreError::Busy(
+                    "the session id is being erased: retry the create once that is done",
                 ));
             }
             let created = stored.create_token.as_deref() == Some(token.as_str());

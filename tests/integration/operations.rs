@@ -94,6 +94,8 @@ async fn an_erasure_runs_to_its_end_when_its_client_hangs_up(app: TestApp) {
             break;
         }
         assert_error(status, &body, 503, "unavailable");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("being erased"), "{message}");
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the erasure never ended"

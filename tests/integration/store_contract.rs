@@ -556,7 +556,7 @@ async fn an_erasure_deletes_only_its_own_sessions_events(store: Arc<impl Store>)
             store.insert(&event("a", "new", 10, 1)).await.unwrap();
             true
         }
-        Err(StoreError::Unavailable(_)) => false,
+        Err(StoreError::Busy(_)) => false,
         other => panic!("a create during the erasure: {other:?}"),
     };
     store.delete_session_events(&sid("a")).await.unwrap();
@@ -600,7 +600,7 @@ async fn an_erasure_of_a_missing_id_spares_a_session_created_meanwhile(store: Ar
             store.insert(&event("m", "new", 10, 1)).await.unwrap();
             true
         }
-        Err(StoreError::Unavailable(_)) => false,
+        Err(StoreError::Busy(_)) => false,
         other => panic!("a create during the erasure: {other:?}"),
     };
     store.delete_session_events(&sid("m")).await.unwrap();
@@ -708,7 +708,7 @@ mod erasure {
             store.delete(&sid("s"), &stopped).await.unwrap();
             let meanwhile = store.create(new_session("s", "y"), at).await;
             assert!(
-                matches!(meanwhile, Err(StoreError::Unavailable(_))),
+                matches!(meanwhile, Err(StoreError::Busy(_))),
                 "the stopped erasure freed the id: {meanwhile:?}"
             );
             store.delete_session_events(&sid("s")).await.unwrap();
