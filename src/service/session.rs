@@ -1,7 +1,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 
 use super::{Page, ServiceError, Written};
 use crate::domain::{
@@ -152,11 +154,22 @@ impl SessionService {
     /// readable, until a repeated `DELETE`.
     pub async fn erase(&self, id: &SessionId) -> Result<(), ServiceError> {
         let (service, id) = (self.clone(), id.clone());
-        match tokio::spawn(async move { service.erase_to_the_end(&id).await }).await {
-            Ok(erased) => erased,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(ServiceError::Overloaded("the service is shutting down")),
-        }
+        let (answer, answered) = oneshot::channel();
+        let erasure = async move {
+            let erased = service.erase_to_the_end(&id).await;
+            if let Err(Err(e)) = answer.send(erased) {
+                // Nobody is left to log it with the response.
+                tracing::warn!(
+                    session_id = %id,
+                    error = %e,
+                    "an erasure whose client hung up failed; a repeated DELETE finishes it"
+                );
+            }
+        };
+        tokio::spawn(erasure.instrument(Span::current()));
+        answered.await.unwrap_or_else(|_| {
+            Err(StoreError::Backend("the erasure stopped before it answered".into()).into())
+        })
     }
 
     async fn erase_to_the_end(&self, id: &SessionId) -> Result<(), ServiceError> {
@@ -194,10 +207,11 @@ impl SessionService {
             .millis()
             .saturating_add(i64::try_from(self.erase_settle.as_millis()).unwrap_or(i64::MAX));
         let left = settled.saturating_sub(Timestamp::now().millis());
+        // A clock that writes ahead of this one's must not stretch the wait past the settle.
         u64::try_from(left)
             .ok()
             .filter(|&ms| ms > 0)
-            .map(Duration::from_millis)
+            .map(|ms| Duration::from_millis(ms).min(self.erase_settle))
     }
 
     /// Takes the id for this erasure. While another erasure of it is under way (a duplicate
