@@ -1,4 +1,5 @@
 use std::fmt;
+use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
@@ -28,6 +29,16 @@ impl Timestamp {
         self.0
     }
 
+    /// `d` later, saturating at the ends of the range.
+    pub fn plus(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(whole_millis(d)))
+    }
+
+    /// `d` earlier, saturating at the ends of the range.
+    pub fn minus(self, d: Duration) -> Self {
+        Self(self.0.saturating_sub(whole_millis(d)))
+    }
+
     /// Parses RFC 3339; anything finer than a millisecond is truncated. The instant must fall
     /// in the years 0000 to 9999 in UTC, the years RFC 3339 can write: an offset can carry
     /// a time written in year 9999 into year 10000, which could not be given back.
@@ -45,6 +56,10 @@ impl Timestamp {
                 )
             })
     }
+}
+
+fn whole_millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl fmt::Display for Timestamp {
@@ -65,6 +80,21 @@ impl Serialize for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moves_by_whole_milliseconds_and_saturates() {
+        let t = Timestamp::from_millis(1_000);
+        assert_eq!(t.plus(Duration::from_micros(2_500)).millis(), 1_002);
+        assert_eq!(t.minus(Duration::from_secs(3)).millis(), -2_000);
+        assert_eq!(t.plus(Duration::MAX).millis(), i64::MAX);
+        assert_eq!(t.minus(Duration::MAX).millis(), 1_000 - i64::MAX);
+        assert_eq!(
+            Timestamp::from_millis(i64::MIN)
+                .minus(Duration::MAX)
+                .millis(),
+            i64::MIN
+        );
+    }
 
     #[test]
     fn formats_utc_with_milliseconds_and_truncates_finer_input() {

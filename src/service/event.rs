@@ -467,14 +467,11 @@ impl EventService {
 /// Each try found its seq taken by an event stored since the last: the leftovers of an
 /// erase are still landing. Not a fault of the request; sent again, it is judged afresh.
 fn seqs_kept_taken() -> ServiceError {
-    StoreError::Unavailable(
-        format!(
-        "{SEQ_ATTEMPTS} reserved seqs in a row were taken by events left behind by an erasure: \
-         send the request again"
-    )
-        .into(),
-    )
-    .into()
+    let why = format!(
+        "{SEQ_ATTEMPTS} reserved seqs in a row were taken by events left behind by an \
+         erasure: send the request again"
+    );
+    StoreError::Unavailable(why.into()).into()
 }
 
 /// The store's answers do not add up (an event a duplicate key proved is gone though its
@@ -508,7 +505,7 @@ mod tests {
 
     use crate::domain::{EventType, FinalStatus, JsonObject};
     use crate::service::testing::{open_session, Sessions};
-    use crate::store::{EraseStart, MemoryStore};
+    use crate::store::{EraseHold, EraseStart, MemoryStore};
 
     fn new_event(id: &str) -> NewEvent {
         NewEvent {
@@ -619,7 +616,10 @@ mod tests {
 
         async fn erase(&self, session: &SessionId) {
             let erased = self.memory.begin_erase(session).await.unwrap();
-            assert!(matches!(erased, EraseStart::Holding { existed: true, .. }));
+            assert!(matches!(
+                erased,
+                EraseStart::Holding(EraseHold { existed: true, .. })
+            ));
         }
 
         /// Before a replay reads the stored event.

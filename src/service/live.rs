@@ -411,8 +411,7 @@ impl SharedReads {
 }
 
 fn is_old(t: Timestamp) -> bool {
-    let age_ms = Timestamp::now().millis().saturating_sub(t.millis());
-    age_ms >= i64::try_from(SETTLED_AGE.as_millis()).unwrap_or(i64::MAX)
+    t <= Timestamp::now().minus(SETTLED_AGE)
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

@@ -11,8 +11,8 @@ use crate::domain::{
 };
 use crate::feed::SessionFeed;
 use crate::store::{
-    CreateOutcome, EraseStart, EventRepository, LastWrite, SessionFilter, SessionPageQuery,
-    SessionRepository, StoreError, ERASE_LEASE,
+    CreateOutcome, EraseHold, EraseStart, EventRepository, LastWrite, SessionFilter,
+    SessionPageQuery, SessionRepository, StoreError, ERASE_LEASE,
 };
 
 /// How long an erasure waits for another erasure of the same id to end.
@@ -176,17 +176,20 @@ impl SessionService {
         // The session is marked first, so that no new append can reserve a seq; then its
         // events go; only then is the id free, so the events deleted are all its own.
         let held = Instant::now();
-        let (existed, lease, last_write) = self.hold_for_erasure(id).await?;
+        let hold = self.hold_for_erasure(id).await?;
         on_time(held)?;
         let deleted = self.events.delete_session_events(id).await?;
-        if let Some(wait) = last_write.and_then(|w| self.in_flight_wait(w, deleted)) {
+        if let Some(wait) = hold
+            .last_write
+            .and_then(|w| self.in_flight_wait(w, deleted))
+        {
             tokio::time::sleep(wait).await;
             on_time(held)?;
             self.events.delete_session_events(id).await?;
         }
-        self.sessions.delete(id, &lease).await?;
+        self.sessions.delete(id, &hold.lease).await?;
         self.feed.closed(id);
-        if existed {
+        if hold.existed {
             Ok(())
         } else {
             Err(ServiceError::SessionNotFound(id.clone()))
@@ -202,11 +205,8 @@ impl SessionService {
         if i64::try_from(deleted).unwrap_or(i64::MAX) >= last.seq {
             return None;
         }
-        let settled = last
-            .at
-            .millis()
-            .saturating_add(i64::try_from(self.erase_settle.as_millis()).unwrap_or(i64::MAX));
-        let left = settled.saturating_sub(Timestamp::now().millis());
+        let settled = last.at.plus(self.erase_settle);
+        let left = settled.millis().saturating_sub(Timestamp::now().millis());
         // A clock that writes ahead of this one's must not stretch the wait past the settle.
         u64::try_from(left)
             .ok()
@@ -218,19 +218,12 @@ impl SessionService {
     /// `DELETE`), this one waits for it to end, a little longer each time, and then erases
     /// whatever is there by then; past [`ERASE_WAIT`] more than the other may wait for
     /// appends in flight, it gives up with 503.
-    async fn hold_for_erasure(
-        &self,
-        id: &SessionId,
-    ) -> Result<(bool, String, Option<LastWrite>), ServiceError> {
+    async fn hold_for_erasure(&self, id: &SessionId) -> Result<EraseHold, ServiceError> {
         let deadline = Instant::now() + ERASE_WAIT + self.erase_settle;
         let mut pause = Duration::from_millis(5);
         loop {
             match self.sessions.begin_erase(id).await? {
-                EraseStart::Holding {
-                    existed,
-                    lease,
-                    last_write,
-                } => return Ok((existed, lease, last_write)),
+                EraseStart::Holding(hold) => return Ok(hold),
                 EraseStart::Busy if Instant::now() + pause < deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(200));

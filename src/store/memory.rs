@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_trait::async_trait;
 
 use super::{
-    CreateOutcome, EraseStart, EventPageQuery, EventRepository, Inserted, PageStart, Reservation,
-    SessionPageQuery, SessionRepository, StoreError,
+    CreateOutcome, EraseHold, EraseStart, EventPageQuery, EventRepository, Inserted, PageStart,
+    Reservation, SessionPageQuery, SessionRepository, StoreError,
 };
 use crate::domain::{
     Event, EventId, EventPosition, FinalStatus, NewSession, Order, Session, SessionId,
@@ -67,14 +67,11 @@ impl MemoryStore {
     /// Erases closed sessions, with their events, that ended more than `retention` ago.
     /// Returns how many went.
     pub fn erase_expired(&self, retention: std::time::Duration) -> usize {
-        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        let cutoff = Timestamp::now().millis().saturating_sub(retention_ms);
+        let cutoff = Timestamp::now().minus(retention);
         let expired = |entry: &Arc<Mutex<SessionEntry>>| {
-            entry.lock().is_ok_and(|e| {
-                e.session
-                    .ended_at
-                    .is_some_and(|ended| ended.millis() < cutoff)
-            })
+            entry
+                .lock()
+                .is_ok_and(|e| e.session.ended_at.is_some_and(|ended| ended < cutoff))
         };
         let mut erased = 0;
         for shard in self.shards.iter() {
@@ -155,11 +152,11 @@ impl SessionRepository for MemoryStore {
     async fn begin_erase(&self, id: &SessionId) -> Result<EraseStart, StoreError> {
         let mut shard = self.shard(id).write().map_err(|_| poisoned())?;
         let existed = shard.remove(id).is_some();
-        Ok(EraseStart::Holding {
+        Ok(EraseStart::Holding(EraseHold {
             existed,
             lease: String::new(),
             last_write: None,
-        })
+        }))
     }
 
     async fn delete(&self, _id: &SessionId, _lease: &str) -> Result<(), StoreError> {

@@ -179,20 +179,25 @@ pub struct LastWrite {
     pub at: Timestamp,
 }
 
+/// An erasure's hold on its session id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EraseHold {
+    /// Whether there was a session under the id.
+    pub existed: bool,
+    /// Names the hold for [`SessionRepository::delete`]; empty where the store holds
+    /// nothing (the in-memory store, which erases at once).
+    pub lease: String,
+    /// The session's last reserved seq and its clock when marked, for appends that reserved
+    /// before the mark and may still be inserting; `None` for an id with no session, and
+    /// where no append can outlive an erasure (the in-memory store).
+    pub last_write: Option<LastWrite>,
+}
+
 /// What [`SessionRepository::begin_erase`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EraseStart {
-    /// This erasure holds the id; `existed` tells whether there was a session under it.
-    /// `lease` names the hold for [`SessionRepository::delete`]; it is empty where the store
-    /// holds nothing (the in-memory store, which erases at once).
-    /// `last_write` is the session's last reserved seq and its clock when marked, for
-    /// appends that reserved before the mark and may still be inserting; `None` for an id
-    /// with no session, and where no append can outlive an erasure (the in-memory store).
-    Holding {
-        existed: bool,
-        lease: String,
-        last_write: Option<LastWrite>,
-    },
+    /// This erasure holds the id.
+    Holding(EraseHold),
     /// Another erasure of the id is under way, or creates and erasures of it kept changing
     /// it under this one: try again shortly.
     Busy,

@@ -17,8 +17,9 @@ use tokio::sync::watch;
 
 use super::bson_json::{object_to_raw, raw_to_object};
 use super::{
-    CreateOutcome, EraseStart, EventFilter, EventPageQuery, EventRepository, Inserted, LastWrite,
-    PageStart, Reservation, SessionPageQuery, SessionRepository, StoreError, ERASE_LEASE,
+    CreateOutcome, EraseHold, EraseStart, EventFilter, EventPageQuery, EventRepository, Inserted,
+    LastWrite, PageStart, Reservation, SessionPageQuery, SessionRepository, StoreError,
+    ERASE_LEASE,
 };
 use crate::domain::{
     Event, EventId, EventType, FinalStatus, JsonObject, Language, NewSession, Order, Session,
@@ -248,6 +249,34 @@ impl MongoStore {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+
+    /// One upsert of the session document `id`, and the document it leaves: the one the
+    /// server returns, else the one read back. `None` when that read finds no document (an
+    /// erasure took it meanwhile): the caller tries again.
+    async fn upsert_session(
+        &self,
+        id: &SessionId,
+        filter: Document,
+        update: Document,
+    ) -> Result<Option<SessionDoc>, StoreError> {
+        let upserted = self
+            .sessions
+            .find_one_and_update(filter, update)
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .max_time(self.timeout)
+            .await;
+        match upserted {
+            Ok(Some(doc)) => Ok(Some(doc)),
+            // MongoDB always returns the document of an upsert asked for "after"; a server
+            // that answers nothing under a race is read back instead. A duplicate key means
+            // the filter did not match the document that holds the id (a racing create
+            // inserted it, or an erasure holds it): that document is read too.
+            Ok(None) => self.find_session(id).await,
+            Err(e) if is_duplicate_key(&e) => self.find_session(id).await,
+            Err(e) => Err(classify(e)),
+        }
     }
 
     /// The session document, also one being erased.
@@ -622,10 +651,6 @@ fn open_session_filter(id: &SessionId) -> Document {
     doc! {"_id": id.as_str(), "status": {"$in": open_statuses()}, "erasing": {"$ne": true}}
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Tries of an upsert on a session id (a create, an erase mark) that racing creates and
 /// erasures of the id can cut short.
 const UPSERT_ATTEMPTS: u32 = 3;
@@ -648,29 +673,13 @@ impl SessionRepository for MongoStore {
         // An upsert whose filter is the unique key inserts or matches in one atomic step.
         // The stored document carries the token of the create that inserted it, so whether
         // this call created it is read from the document itself. Two racing upserts can
-        // surface a duplicate-key error; the retry then matches.
+        // surface a duplicate-key error; the winner's document is then read back.
         for _attempt in 0..UPSERT_ATTEMPTS {
-            let stored = self
-                .sessions
-                .find_one_and_update(
-                    doc! {"_id": session.session_id.as_str()},
-                    doc! {"$setOnInsert": on_insert.clone()},
-                )
-                .upsert(true)
-                .return_document(ReturnDocument::After)
-                .max_time(self.timeout)
-                .await;
-            let stored = match stored {
-                Ok(Some(doc)) => doc,
-                // MongoDB always returns the document of an upsert asked for "after"; a
-                // server that answers nothing under a race is read back instead, and asked
-                // again when an erasure took the document in between.
-                Ok(None) => match self.find_session(&session.session_id).await? {
-                    Some(doc) => doc,
-                    None => continue,
-                },
-                Err(e) if is_duplicate_key(&e) => continue,
-                Err(e) => return Err(classify(e)),
+            let filter = doc! {"_id": session.session_id.as_str()};
+            let update = doc! {"$setOnInsert": on_insert.clone()};
+            let upserted = self.upsert_session(&session.session_id, filter, update);
+            let Some(stored) = upserted.await? else {
+                continue;
             };
             if stored.erasing {
                 return Err(StoreError::Busy(
@@ -712,7 +721,7 @@ impl SessionRepository for MongoStore {
         // second erasure never runs its `deleteMany` after the first has freed the id.
         let now = Timestamp::now();
         let lease = uuid::Uuid::new_v4().simple().to_string();
-        let expired = bson_time(Timestamp::from_millis(now.millis() - millis(ERASE_LEASE)));
+        let expired = bson_time(now.minus(ERASE_LEASE));
         let takeable = doc! {
             "_id": id.as_str(),
             "$or": [
@@ -739,36 +748,20 @@ impl SessionRepository for MongoStore {
         // insert one and hits the unique `_id`: then the document is read to tell a holding
         // erasure (busy) from a create that raced this upsert (tried again).
         for _attempt in 0..UPSERT_ATTEMPTS {
-            let marked = self
-                .sessions
-                .find_one_and_update(takeable.clone(), mark.clone())
-                .upsert(true)
-                .return_document(ReturnDocument::After)
-                .max_time(self.timeout)
-                .await;
-            let found = match marked {
-                Ok(Some(doc)) => doc,
-                // MongoDB always returns the document of an upsert asked for "after".
-                Ok(None) => match self.find_session(id).await? {
-                    Some(doc) => doc,
-                    None => continue,
-                },
-                Err(e) if is_duplicate_key(&e) => match self.find_session(id).await? {
-                    Some(doc) => doc,
-                    None => continue,
-                },
-                Err(e) => return Err(classify(e)),
+            let upserted = self.upsert_session(id, takeable.clone(), mark.clone());
+            let Some(found) = upserted.await? else {
+                continue;
             };
             if ours(&found) {
                 let last_write = (!found.stand_in).then(|| LastWrite {
                     seq: found.last_seq,
                     at: time_of(found.updated_at),
                 });
-                return Ok(EraseStart::Holding {
+                return Ok(EraseStart::Holding(EraseHold {
                     existed: !found.stand_in,
                     lease,
                     last_write,
-                });
+                }));
             }
             if found.erasing && found.erase_since.is_some_and(|t| t >= expired) {
                 return Ok(EraseStart::Busy);

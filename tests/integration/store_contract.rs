@@ -8,8 +8,9 @@ use conversation_sessions::domain::{
     SessionId, SessionStatus, Timestamp,
 };
 use conversation_sessions::store::{
-    CreateOutcome, EraseStart, EventFilter, EventPageQuery, EventRepository, Inserted, MongoStore,
-    PageStart, SessionFilter, SessionPageQuery, SessionRepository, StoreError, ERASE_LEASE,
+    CreateOutcome, EraseHold, EraseStart, EventFilter, EventPageQuery, EventRepository, Inserted,
+    MongoStore, PageStart, SessionFilter, SessionPageQuery, SessionRepository, StoreError,
+    ERASE_LEASE,
 };
 use serde_json::json;
 
@@ -586,8 +587,7 @@ async fn an_erasure_of_a_missing_id_spares_a_session_created_meanwhile(store: Ar
     assert!(!existed);
     // MongoDB: the first erasure holds the id. Memory: nothing is held (an empty lease).
     let second = store.begin_erase(&sid("m")).await.unwrap();
-    let holds_nothing =
-        matches!(&second, EraseStart::Holding { existed: false, lease, .. } if lease.is_empty());
+    let holds_nothing = matches!(&second, EraseStart::Holding(EraseHold { existed: false, lease, .. }) if lease.is_empty());
     assert!(second == EraseStart::Busy || holds_nothing, "{second:?}");
     assert!(SessionRepository::get(&*store, &sid("m"))
         .await
@@ -636,7 +636,7 @@ async fn a_second_erasure_spares_a_session_created_after_the_first(store: Arc<im
     assert!(matches!(created, CreateOutcome::Created(_)), "{created:?}");
     store.insert(&event("d", "new", 10, 1)).await.unwrap();
     // The second erasure, late, does what it was let do; the first's end, repeated, too.
-    if let EraseStart::Holding { lease, .. } = &second {
+    if let EraseStart::Holding(EraseHold { lease, .. }) = &second {
         store.delete_session_events(&sid("d")).await.unwrap();
         store.delete(&sid("d"), lease).await.unwrap();
     }
@@ -653,7 +653,7 @@ async fn a_second_erasure_spares_a_session_created_after_the_first(store: Arc<im
 /// Starts an erasure that must get the id: whether there was a session, and its lease.
 async fn hold(store: &impl Store, id: &str) -> (bool, String) {
     match store.begin_erase(&sid(id)).await.unwrap() {
-        EraseStart::Holding { existed, lease, .. } => (existed, lease),
+        EraseStart::Holding(hold) => (hold.existed, hold.lease),
         EraseStart::Busy => panic!("the erasure of {id} found another under way"),
     }
 }
@@ -663,9 +663,10 @@ mod erasure {
     pub mod mongo {
         use super::super::*;
 
-        /// An erasure that stopped midway (its instance died, or the database failed a step) holds
-        /// its id only until its lease runs out. Then a repeated erasure takes the id over and
-        /// finishes it; the stopped one, should it finish late, cannot free the id under it.
+        /// An erasure that stopped midway (its instance died, or the database failed a step)
+        /// holds its id only until its lease runs out. Then a repeated erasure takes the id
+        /// over and finishes it; the stopped one, should it finish late, cannot free the id
+        /// under it.
         #[tokio::test]
         async fn a_stopped_erasure_is_taken_over_after_its_lease() {
             let config = fresh_mongo_config();
@@ -678,10 +679,9 @@ mod erasure {
             let lease_ran_out = |id: &'static str| {
                 let raw = raw.clone();
                 async move {
-                    let lease = i64::try_from(ERASE_LEASE.as_millis()).unwrap();
-                    let long_ago = mongodb::bson::DateTime::from_millis(
-                        Timestamp::now().millis() - lease - 1_000,
-                    );
+                    let past = ERASE_LEASE + std::time::Duration::from_secs(1);
+                    let long_ago =
+                        mongodb::bson::DateTime::from_millis(Timestamp::now().minus(past).millis());
                     let moved = raw
                         .update_one(
                             mongodb::bson::doc! {"_id": id},
