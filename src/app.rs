@@ -14,6 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::feed::SessionFeed;
@@ -113,6 +114,8 @@ pub struct Application {
     router: Router,
     mongo: Option<Arc<MongoStore>>,
     stop: watch::Sender<bool>,
+    /// See [`SessionService::erasures`].
+    erasures: TaskTracker,
     grace: Duration,
     header_read_timeout: Duration,
     max_connections: usize,
@@ -165,6 +168,7 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr, source })?;
         Ok(Self {
             listener,
+            erasures: state.sessions.erasures(),
             router: crate::http::router(state, config.body_limit_bytes, config.body_read_timeout),
             mongo,
             stop,
@@ -210,12 +214,32 @@ impl Application {
             max_connections: self.max_connections,
         };
         let served = serve(self.listener, self.router, limits, stopping);
-        tokio::select! {
-            () = served => {},
-            () = grace_over => tracing::warn!(
-                grace_secs = grace.as_secs(),
-                "grace period over; unfinished requests are dropped"
-            ),
+        let mut grace_over = std::pin::pin!(grace_over);
+        let in_grace = tokio::select! {
+            () = served => true,
+            () = &mut grace_over => {
+                tracing::warn!(
+                    grace_secs = grace.as_secs(),
+                    "grace period over; unfinished requests are dropped"
+                );
+                false
+            }
+        };
+        // Erasures whose client hung up run on, and finish within the same grace.
+        self.erasures.close();
+        if in_grace && !self.erasures.is_empty() {
+            tracing::info!(
+                erasures = self.erasures.len(),
+                "waiting for erasures whose clients hung up"
+            );
+            tokio::select! {
+                () = self.erasures.wait() => {}
+                () = &mut grace_over => tracing::warn!(
+                    grace_secs = grace.as_secs(),
+                    "grace period over; unfinished erasures are dropped, and a repeated \
+                     DELETE finishes them once their lease has run out"
+                ),
+            }
         }
         if let Some(mongo) = self.mongo {
             mongo.shutdown().await;

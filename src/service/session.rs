@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span};
 
 use super::{Page, ServiceError, Written};
@@ -75,6 +76,8 @@ pub struct SessionService {
     feed: Arc<SessionFeed>,
     /// See [`crate::config::Config::erase_settle`].
     erase_settle: Duration,
+    /// The erasures under way, so that a shutdown can let them end.
+    erasures: TaskTracker,
 }
 
 impl SessionService {
@@ -89,7 +92,14 @@ impl SessionService {
             events,
             feed,
             erase_settle,
+            erasures: TaskTracker::new(),
         }
+    }
+
+    /// The erasures under way. A shutdown closes it and waits for them: those whose client
+    /// hung up are no request in progress, and would otherwise be cut off midway.
+    pub fn erasures(&self) -> TaskTracker {
+        self.erasures.clone()
     }
 
     /// Whether the store answers.
@@ -166,7 +176,7 @@ impl SessionService {
                 );
             }
         };
-        tokio::spawn(erasure.instrument(Span::current()));
+        self.erasures.spawn(erasure.instrument(Span::current()));
         answered.await.unwrap_or_else(|_| {
             Err(StoreError::Backend("the erasure stopped before it answered".into()).into())
         })

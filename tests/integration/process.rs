@@ -117,6 +117,18 @@ impl Service {
         }
     }
 
+    /// The exit status, once the process has exited within `limit`.
+    fn exited_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the process did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
@@ -185,14 +197,7 @@ async fn sigterm_ends_live_streams_and_exits_cleanly() {
     })
     .await;
     assert!(ended.is_ok(), "the stream did not end on SIGTERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = service.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the process did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = service.exited_within(Duration::from_secs(10));
     assert!(status.success(), "{status}");
     service.wait_for(|l| l["fields"]["message"] == "stopped");
 }
@@ -227,11 +232,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
         reply.starts_with("HTTP/1.1 201"),
         "the in-flight request did not finish: {reply}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while service.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the process did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    service.exited_within(Duration::from_secs(10));
 }
 
 /// A server fault answers an opaque 500 and logs its whole cause chain, once.
@@ -273,4 +274,74 @@ async fn a_server_error_logs_its_cause_chain_once_and_tells_the_client_nothing()
     assert_eq!(served["fields"]["message"], "served");
     assert_eq!(served["fields"]["status"], 500);
     service.signal("TERM");
+}
+
+/// Tests of the binary that need MongoDB: there an erasure can take seconds.
+mod mongo {
+    use super::*;
+
+    /// A `DELETE` whose client hung up is no request in progress, yet a SIGTERM lets its
+    /// erasure end within the grace instead of cutting it off with the id held.
+    #[tokio::test]
+    async fn sigterm_lets_an_erasure_whose_client_hung_up_finish() {
+        let db_name = format!("shutdown_{}", uuid::Uuid::new_v4().simple());
+        let uri = crate::helpers::mongo_uri();
+        // A settle of 3 s: the erasure below waits that long for appends in flight.
+        let mut service = Service::start(&[
+            ("DB_URI", uri.as_str()),
+            ("DB_NAME", db_name.as_str()),
+            ("DB_TIMEOUT_MS", "1000"),
+            ("SHUTDOWN_GRACE_SECS", "10"),
+        ]);
+        let client = reqwest::Client::new();
+        let url = |path: &str| format!("{}{path}", service.address);
+        let created = client
+            .post(url("/sessions"))
+            .json(&json!({"sessionId": "leaving"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let event = json!({"eventId": "e1", "type": "system"});
+        for expected in [201, 200] {
+            // The replay takes a seq and stores nothing: the erasure then waits.
+            let appended = client
+                .post(url("/sessions/leaving/events"))
+                .json(&event)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(appended.status(), expected);
+        }
+        let impatient = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let hung_up = impatient.delete(url("/sessions/leaving")).send().await;
+        assert!(
+            hung_up.as_ref().is_err_and(reqwest::Error::is_timeout),
+            "the client did not hang up during the erasure: {hung_up:?}"
+        );
+        // Time for the server to see the hang-up and drop the request: after the signal, a
+        // connection being shut down is no longer read, and its request would run on.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        service.signal("TERM");
+        let waiting = service
+            .wait_for(|l| l["fields"]["message"] == "waiting for erasures whose clients hung up");
+        assert_eq!(waiting["fields"]["erasures"], 1);
+        let status = service.exited_within(Duration::from_secs(15));
+        assert!(status.success(), "{status}");
+        let db = mongodb::Client::with_uri_str(&uri)
+            .await
+            .unwrap()
+            .database(&db_name);
+        for collection in ["sessions", "events"] {
+            let left = db
+                .collection::<mongodb::bson::Document>(collection)
+                .count_documents(mongodb::bson::doc! {})
+                .await
+                .unwrap();
+            assert_eq!(left, 0, "{collection} left behind by the erasure");
+        }
+    }
 }
