@@ -1,5 +1,9 @@
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::map::Entry;
+use serde_json::{Map, Number, Value};
 
 use super::ValidationError;
 
@@ -78,6 +82,85 @@ fn check_value(field: &str, value: &Value, depth: usize) -> Result<(), Validatio
     }
 }
 
+/// A JSON value as a request sends it, refused when an object in it names a key twice.
+///
+/// A parser keeps one of the two values and drops the other unseen (`serde_json::Value`
+/// keeps the last). Refusing the body says so, as a repeated top-level field is refused.
+#[derive(Debug)]
+pub struct JsonInput(pub Value);
+
+impl<'de> Deserialize<'de> for JsonInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(InputVisitor).map(Self)
+    }
+}
+
+struct InputVisitor;
+
+impl<'de> Visitor<'de> for InputVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // JSON text has no NaN or infinity, so a parsed float always converts.
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(JsonInput(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let JsonInput(value) = map.next_value()?;
+            match object.entry(key) {
+                Entry::Vacant(free) => {
+                    free.insert(value);
+                }
+                Entry::Occupied(taken) => {
+                    return Err(de::Error::custom(format!(
+                        "key {:?} appears twice in one object",
+                        taken.key()
+                    )))
+                }
+            }
+        }
+        Ok(Value::Object(object))
+    }
+}
+
 /// Counts the bytes of the compact serialization without allocating it.
 fn serialized_len(map: &Map<String, Value>) -> usize {
     struct Counter(usize);
@@ -149,6 +232,25 @@ mod tests {
         let nest = |levels: usize| (0..levels).fold(json!(1), |inner, _| json!({ "k": inner }));
         assert!(parse(nest(MAX_DEPTH)).is_ok());
         assert!(parse(nest(MAX_DEPTH + 1)).is_err());
+    }
+
+    #[test]
+    fn input_with_a_key_twice_in_one_object_is_refused_at_any_depth() {
+        let read = |text: &str| serde_json::from_str::<JsonInput>(text).map(|v| v.0);
+        let sent = r#"{"a": [1, 2.5, "s", null, true, {"b": {}}], "c": {"d": -7}}"#;
+        assert_eq!(
+            read(sent).unwrap(),
+            serde_json::from_str::<Value>(sent).unwrap()
+        );
+        for twice in [
+            r#"{"a": 1, "a": 2}"#,
+            r#"{"a": 1, "a": 1}"#,
+            r#"{"x": {"a": {"$gt": 1}, "a": 2}}"#,
+            r#"{"x": [{"k": 1, "k": 1}]}"#,
+        ] {
+            let err = read(twice).unwrap_err().to_string();
+            assert!(err.contains("appears twice"), "{twice}: {err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Timelike, Utc};
 use serde::{Serialize, Serializer};
 
 use super::ValidationError;
@@ -43,19 +43,42 @@ impl Timestamp {
     /// in the years 0000 to 9999 in UTC, the years RFC 3339 can write: an offset can carry
     /// a time written in year 9999 into year 10000, which could not be given back.
     pub fn parse(field: &str, raw: &str) -> Result<Self, ValidationError> {
-        DateTime::parse_from_rfc3339(raw)
-            .ok()
-            .map(|t| t.timestamp_millis())
-            .filter(|millis| (FIRST_MILLIS..=LAST_MILLIS).contains(millis))
-            .map(Self)
-            .ok_or_else(|| {
-                ValidationError::new(
-                    field,
-                    "must be an RFC 3339 time in the years 0000 to 9999 UTC, for example \
-                     2026-11-26T08:31:38.123Z",
-                )
-            })
+        parse_rfc3339(raw)
+            .map(|t| Self(t.timestamp_millis()))
+            .ok_or_else(|| invalid_time(field))
     }
+
+    /// Parses the bound of a time range (`timestamp >= from`, `timestamp < to`). One finer
+    /// than a millisecond is rounded up: stored times are whole milliseconds, and for those,
+    /// `t >= 03.0005` and `t < 03.0005` hold exactly where they hold for `03.001`.
+    pub fn parse_bound(field: &str, raw: &str) -> Result<Self, ValidationError> {
+        parse_rfc3339(raw)
+            .map(|t| {
+                let finer = t.nanosecond() % 1_000_000 != 0;
+                Self(t.timestamp_millis() + i64::from(finer))
+            })
+            .ok_or_else(|| invalid_time(field))
+    }
+}
+
+/// An RFC 3339 time in the years 0000 to 9999 UTC. A leap second is taken only where one
+/// can fall, at 23:59:60 UTC.
+fn parse_rfc3339(raw: &str) -> Option<DateTime<FixedOffset>> {
+    DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .filter(|t| (FIRST_MILLIS..=LAST_MILLIS).contains(&t.timestamp_millis()))
+        .filter(|t| {
+            let utc = t.naive_utc();
+            t.nanosecond() < 1_000_000_000 || (utc.hour(), utc.minute()) == (23, 59)
+        })
+}
+
+fn invalid_time(field: &str) -> ValidationError {
+    ValidationError::new(
+        field,
+        "must be an RFC 3339 time in the years 0000 to 9999 UTC, for example \
+         2026-11-26T08:31:38.123Z",
+    )
 }
 
 fn whole_millis(d: Duration) -> i64 {
@@ -100,6 +123,33 @@ mod tests {
     fn formats_utc_with_milliseconds_and_truncates_finer_input() {
         let t = Timestamp::parse("t", "2026-11-26T09:31:38.123999+01:00").unwrap();
         assert_eq!(t.to_string(), "2026-11-26T08:31:38.123Z");
+    }
+
+    #[test]
+    fn a_range_bound_finer_than_a_millisecond_is_rounded_up() {
+        let bound = |raw| Timestamp::parse_bound("from", raw).unwrap().millis();
+        let whole = Timestamp::parse("t", "2026-01-01T00:00:03Z")
+            .unwrap()
+            .millis();
+        assert_eq!(bound("2026-01-01T00:00:03Z"), whole);
+        assert_eq!(bound("2026-01-01T00:00:03.000000Z"), whole);
+        assert_eq!(bound("2026-01-01T00:00:03.0005Z"), whole + 1);
+        assert_eq!(bound("2026-01-01T00:00:02.999000001Z"), whole);
+        assert_eq!(bound("1969-12-31T23:59:59.9995Z"), 0);
+    }
+
+    #[test]
+    fn a_leap_second_is_taken_only_at_the_end_of_a_utc_day() {
+        for (leap, after) in [
+            ("2016-12-31T23:59:60Z", "2017-01-01T00:00:00.000Z"),
+            ("2017-01-01T01:59:60.5+02:00", "2017-01-01T00:00:00.500Z"),
+        ] {
+            assert_eq!(Timestamp::parse("t", leap).unwrap().to_string(), after);
+        }
+        for bad in ["2026-06-30T12:00:60Z", "2016-12-31T23:59:60+01:00"] {
+            assert!(Timestamp::parse("t", bad).is_err(), "{bad}");
+            assert!(Timestamp::parse_bound("t", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

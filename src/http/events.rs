@@ -21,8 +21,8 @@ use super::sessions::SortOrder;
 use super::written;
 use crate::app::AppState;
 use crate::domain::{
-    Event, EventId, EventType, JsonObject, NewEvent, Order, SessionId, Timestamp, ValidationError,
-    MAX_PAYLOAD_BYTES,
+    Event, EventId, EventType, JsonInput, JsonObject, NewEvent, Order, SessionId, Timestamp,
+    ValidationError, MAX_PAYLOAD_BYTES,
 };
 use crate::metrics::EventOutcome;
 use crate::service::{
@@ -82,7 +82,7 @@ struct AppendEventBody {
     event_type: String,
     /// A JSON object of at most 64 KiB; keys never start with `$` nor hold `.`.
     #[schema(value_type = Option<Object>)]
-    payload: Option<Value>,
+    payload: Option<JsonInput>,
     /// RFC 3339; default: the receive time.
     #[schema(format = DateTime)]
     timestamp: Option<String>,
@@ -100,7 +100,7 @@ impl AppendEventBody {
             event_id: EventId::parse(self.event_id)?,
             event_type: EventType::parse(self.event_type)?,
             payload: match self.payload {
-                Some(v) => JsonObject::parse("payload", v, MAX_PAYLOAD_BYTES)?,
+                Some(JsonInput(v)) => JsonObject::parse("payload", v, MAX_PAYLOAD_BYTES)?,
                 None => JsonObject::default(),
             },
             timestamp: self
@@ -417,14 +417,14 @@ pub(super) fn limit_and_order(
     Ok((limit, order))
 }
 
-/// Reads an optional RFC 3339 time parameter.
+/// Reads an optional RFC 3339 time parameter, the bound of a range.
 pub(super) fn time_param(
     query: &mut QueryParams,
     name: &str,
 ) -> Result<Option<Timestamp>, ApiError> {
     Ok(query
         .take(name)?
-        .map(|raw| Timestamp::parse(name, &raw))
+        .map(|raw| Timestamp::parse_bound(name, &raw))
         .transpose()?)
 }
 

@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -17,8 +16,8 @@ use super::openapi::ErrorEnvelope;
 use super::written;
 use crate::app::AppState;
 use crate::domain::{
-    Event, FinalStatus, JsonObject, Language, NewSession, Order, Session, SessionId, SessionStatus,
-    Timestamp, MAX_METADATA_BYTES,
+    Event, FinalStatus, JsonInput, JsonObject, Language, NewSession, Order, Session, SessionId,
+    SessionStatus, Timestamp, MAX_METADATA_BYTES,
 };
 use crate::service::{Page, SessionListRequest};
 use crate::store::SessionFilter;
@@ -84,7 +83,7 @@ struct CreateSessionBody {
     language: Option<String>,
     /// A JSON object of at most 16 KiB; keys never start with `$` nor hold `.`.
     #[schema(value_type = Option<Object>)]
-    metadata: Option<Value>,
+    metadata: Option<JsonInput>,
     /// `initiated` (default) or `active`.
     #[schema(value_type = Option<OpenStatus>)]
     status: Option<String>,
@@ -113,7 +112,7 @@ impl CreateSessionBody {
             session_id: SessionId::parse(self.session_id)?,
             language: self.language.map(Language::parse).transpose()?,
             metadata: match self.metadata {
-                Some(v) => JsonObject::parse("metadata", v, MAX_METADATA_BYTES)?,
+                Some(JsonInput(v)) => JsonObject::parse("metadata", v, MAX_METADATA_BYTES)?,
                 None => JsonObject::default(),
             },
             status,

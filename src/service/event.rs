@@ -430,7 +430,8 @@ impl EventService {
             (PagePosition::Cursor(token), after_seq) => {
                 let last = Cursor::decode_event(token, request.order, scope)?;
                 match after_seq {
-                    Some(_) => PageStart::AfterSeq(last.seq),
+                    // The cursor's position, unless the client moved `afterSeq` past it.
+                    Some(n) => PageStart::AfterSeq(last.seq.max(n)),
                     None => PageStart::After(last),
                 }
             }

@@ -16,6 +16,7 @@ on_both_stores!(
     integers_beyond_64_bits_are_refused_not_rounded,
     query_parameters_are_refused_where_a_route_takes_none,
     times_beyond_what_rfc_3339_can_write_are_refused,
+    a_key_twice_in_one_object_is_refused_not_dropped,
 );
 
 async fn post_raw(app: &TestApp, path: &str, body: String) -> (StatusCode, Value) {
@@ -310,7 +311,46 @@ async fn times_beyond_what_rfc_3339_can_write_are_refused(app: TestApp) {
     let (status, body) = app.post("/sessions/h9/events", &late).await;
     let details = assert_error(status, &body, 400, "validation_failed");
     assert_eq!(details["field"], "timestamp");
+    // A leap second falls only at the end of a UTC day.
+    let leap = json!({"eventId": "e", "type": "t", "timestamp": "2026-06-30T12:00:60Z"});
+    let (status, body) = app.post("/sessions/h9/events", &leap).await;
+    let details = assert_error(status, &body, 400, "validation_failed");
+    assert_eq!(details["field"], "timestamp");
     let edge = json!({"eventId": "e", "type": "t", "timestamp": "9999-12-31T23:59:59.999Z"});
     let stored = app.append("h9", edge).await;
     assert_eq!(stored["timestamp"], "9999-12-31T23:59:59.999Z");
+}
+
+/// A parser would keep one of two values of a key and drop the other unseen.
+async fn a_key_twice_in_one_object_is_refused_not_dropped(app: TestApp) {
+    app.create_session("h10").await;
+    for payload in [
+        r#"{"a": 1, "a": 2}"#,
+        r#"{"a": 1, "a": 1}"#,
+        r#"{"x": [{"y": {"$gt": 1}, "y": 2}]}"#,
+    ] {
+        let event = format!(r#"{{"eventId": "d", "type": "t", "payload": {payload}}}"#);
+        let (status, body) = post_raw(&app, "/sessions/h10/events", event.clone()).await;
+        let details = assert_error(status, &body, 400, "validation_failed");
+        assert!(
+            details["field"].as_str().unwrap().starts_with("payload"),
+            "{body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("appears twice"), "{message}");
+        let batch = format!(r#"{{"events": [{event}]}}"#);
+        let (status, body) = post_raw(&app, "/sessions/h10/events:batch", batch).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["results"][0]["error"]["code"], "validation_failed",
+            "{body}"
+        );
+        let create = format!(r#"{{"sessionId": "h10m", "metadata": {payload}}}"#);
+        let (status, body) = post_raw(&app, "/sessions", create).await;
+        assert_error(status, &body, 400, "validation_failed");
+    }
+    let (_, page) = app.get("/sessions/h10/events").await;
+    assert_eq!(page["data"], json!([]), "nothing was stored");
+    let (status, _) = app.get("/sessions/h10m").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

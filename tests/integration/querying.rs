@@ -158,6 +158,20 @@ async fn events_filter_by_repeatable_type_and_time_range(app: TestApp) {
     reversed.reverse();
     let desc = walk(&app, &format!("{query}&order=desc")).await;
     assert_eq!(ids(&desc, "eventId"), reversed);
+    // Bounds finer than the stored milliseconds compare as if at full precision.
+    for (range, want) in [
+        (
+            "from=2026-11-26T08:00:02.9995Z&to=2026-11-26T08:00:03.0001Z",
+            ["e06", "e07"],
+        ),
+        (
+            "from=2026-11-26T08:00:03.0005Z&to=2026-11-26T08:00:04.0005Z",
+            ["e08", "e09"],
+        ),
+    ] {
+        let found = walk(&app, &format!("/sessions/s/events?{range}")).await;
+        assert_eq!(ids(&found, "eventId"), want, "{range}");
+    }
     let bots = walk(&app, "/sessions/s/events?limit=4&type=bot_speech").await;
     assert_eq!(bots.len(), 10);
     assert!(bots.iter().all(|e| e["type"] == "bot_speech"));
@@ -215,6 +229,21 @@ async fn events_after_seq_list_in_seq_order(app: TestApp) {
         .get(&format!("/sessions/s/events?afterSeq={}", seq_of(29)))
         .await;
     assert_eq!(tail["data"], json!([]));
+    // With a cursor, a page holds the events past both the cursor and `afterSeq`.
+    let (_, first) = app.get("/sessions/s/events?afterSeq=0&limit=2").await;
+    let cursor = first["nextCursor"].as_str().unwrap().to_owned();
+    for (n, want) in [
+        (after, after + 1),
+        (0, first["data"][1]["seq"].as_i64().unwrap() + 1),
+    ] {
+        let (status, page) = app
+            .get(&format!(
+                "/sessions/s/events?afterSeq={n}&limit=3&cursor={cursor}"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["data"][0]["seq"], want, "afterSeq={n}: {page}");
+    }
 }
 
 async fn event_cursors_are_bound_to_their_filters(app: TestApp) {
