@@ -16,8 +16,8 @@ pub enum ApiError {
     Validation { field: String, message: String },
     #[error("the body is not valid JSON: {0}")]
     InvalidJson(String),
-    #[error("the body must be JSON, sent with Content-Type: application/json")]
-    UnsupportedMediaType,
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("no route matches this path")]
@@ -72,7 +72,7 @@ impl ApiError {
                 Some(json!({ "field": field })),
             ),
             Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json", None),
-            Self::UnsupportedMediaType => (
+            Self::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 None,

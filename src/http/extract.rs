@@ -21,25 +21,64 @@ pub struct OptionalJson<T>(pub Option<T>);
 /// integer beyond 64 bits fails that item, not the whole body.
 pub struct ItemsJson<T>(pub T);
 
-fn is_json(headers: &HeaderMap) -> bool {
+const NOT_JSON: &str = "the body must be JSON, sent with Content-Type: application/json";
+
+/// Whether the body is declared as JSON: `application/json` or `application/*+json`, with no
+/// charset other than UTF-8, the only encoding of JSON text (RFC 8259).
+fn is_json(headers: &HeaderMap) -> Result<bool, ApiError> {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
     else {
-        return false;
+        return Ok(false);
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let foreign_charset = parts
+        .filter_map(|p| p.split_once('='))
+        .any(|(name, value)| {
+            let value = value.trim().trim_matches('"');
+            name.trim().eq_ignore_ascii_case("charset")
+                && !value.eq_ignore_ascii_case("utf-8")
+                && !value.eq_ignore_ascii_case("utf8")
+        });
+    if json && foreign_charset {
+        return Err(ApiError::UnsupportedMediaType(
+            "the body must be JSON in UTF-8: send no charset, or charset=utf-8",
+        ));
+    }
+    Ok(json)
+}
+
+/// Refuses, before any byte of it is read, a body sent compressed (it would be parsed as is)
+/// or declared larger than the limit (so a client that sent `Expect: 100-continue` is spared
+/// the upload).
+fn check_declared(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let encoded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|coding| !coding.trim().eq_ignore_ascii_case("identity"));
+    if encoded {
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Encoding is not supported: send the body uncompressed",
+        ));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    Ok(())
 }
 
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+    check_declared(req.headers(), limit)?;
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(limit)
@@ -67,8 +106,8 @@ fn causes<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn E
 
 /// A required body declared as JSON.
 async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    if !is_json(req.headers()) {
-        return Err(ApiError::UnsupportedMediaType);
+    if !is_json(req.headers())? {
+        return Err(ApiError::UnsupportedMediaType(NOT_JSON));
     }
     read_body(req, state).await
 }
@@ -102,8 +141,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
         if bytes.is_empty() {
             return Ok(OptionalJson(None));
         }
-        if !declared_json {
-            return Err(ApiError::UnsupportedMediaType);
+        if !declared_json? {
+            return Err(ApiError::UnsupportedMediaType(NOT_JSON));
         }
         parse_json(&bytes).map(|v| OptionalJson(Some(v)))
     }

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -54,6 +56,41 @@ async fn a_body_without_json_content_type_is_unsupported_media_type(app: TestApp
     }
     let (status, response) = send(&app, "/sessions/m-0/complete", Some("text/plain"), "{}").await;
     assert_error(status, &response, 415, "unsupported_media_type");
+    // JSON is UTF-8: a body declared in another charset would be misread.
+    for charset in ["utf-16", "\"UTF-16LE\"", "iso-8859-1"] {
+        let content_type = format!("application/json; charset={charset}");
+        let (status, response) = send(&app, "/sessions", Some(&content_type), body).await;
+        let message = assert_error(status, &response, 415, "unsupported_media_type");
+        assert!(
+            response["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("UTF-8"),
+            "{message}"
+        );
+    }
+    let (status, response) = send(
+        &app,
+        "/sessions",
+        Some("application/json; charset=\"UTF-8\""),
+        r#"{"sessionId":"m-quoted"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{response}");
+    // A compressed body would be parsed as if it were not.
+    for (coding, id, want) in [("gzip", "m-gz", 415), ("identity", "m-id", 201)] {
+        let response = app
+            .client
+            .post(app.url("/sessions"))
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .body(format!(r#"{{"sessionId":"{id}"}}"#))
+            .send()
+            .await
+            .unwrap();
+        let (status, response) = parts(response).await;
+        assert_eq!(status.as_u16(), want, "{coding}: {response}");
+    }
 }
 
 async fn malformed_json_is_invalid_json(app: TestApp) {
@@ -105,6 +142,28 @@ async fn a_body_over_the_limit_is_payload_too_large(app: TestApp) {
     let (status, response) = send(&app, "/sessions", Some("application/json"), &body).await;
     let details = assert_error(status, &response, 413, "payload_too_large");
     assert_eq!(details["limitBytes"], 256 * 1024);
+    // A body declared too large is refused before it is sent: no `100 Continue` first.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.url("").trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = "POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 300000\r\nExpect: 100-continue\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0; 4096];
+        while !String::from_utf8_lossy(&reply).contains("payload_too_large") {
+            match stream.read(&mut chunk).await.unwrap() {
+                0 => break,
+                n => reply.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(answered.is_ok(), "no answer before the body: {reply:?}");
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("payload_too_large"), "{reply}");
 }
 
 async fn unknown_routes_and_methods_get_json_errors(app: TestApp) {
