@@ -176,7 +176,10 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8], integers: Integers) -> Result<T
         // further on: malformed JSON must be reported as such whatever it contains.
         // Well-formed JSON that does not fit is a shape error, whatever serde_json calls
         // it: it reports `null` where a string was expected as a syntax error.
-        if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        // Skipping a string does not check its bytes, so UTF-8 is checked on its own.
+        let well_formed = std::str::from_utf8(bytes).is_ok()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
+        if well_formed {
             if is_object(bytes) {
                 ApiError::validation(field_of(&path, &message), message)
             } else {

@@ -110,6 +110,22 @@ async fn malformed_json_is_invalid_json(app: TestApp) {
             send(&app, "/sessions/m2/events", Some("application/json"), body).await;
         assert_error(status, &response, 400, "invalid_json");
     }
+    // Bytes that are not UTF-8, inside a string or out of it.
+    for body in [
+        &b"{\"sessionId\": \"a\xffb\"}"[..],
+        b"{\"sessionId\": \"a\"}\xff",
+    ] {
+        let response = app
+            .client
+            .post(app.url("/sessions"))
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let (status, response) = parts(response).await;
+        assert_error(status, &response, 400, "invalid_json");
+    }
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     let body = format!(r#"{{"eventId":"e","type":"t","payload":{{"a":{deep}}}}}"#);
     let (status, response) =
