@@ -14,10 +14,35 @@ const MAX_DEPTH: usize = 32;
 ///
 /// At every depth its keys do not start with `$` and hold no `.` or NUL, so no client key can
 /// be read by MongoDB as an operator or a path. Integers fit in 64 bits so none is rounded.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 #[schema(value_type = Object)]
 pub struct JsonObject(Map<String, Value>);
+
+/// Whether a retry carries the same content: serde_json's equality (keys in any order, `1`
+/// unlike `1.0`), except that floats compare bit for bit, so `-0.0` is not `0.0` either.
+impl PartialEq for JsonObject {
+    fn eq(&self, other: &Self) -> bool {
+        same_object(&self.0, &other.0)
+    }
+}
+
+fn same_object(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same(v, w)))
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
+            x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w))
+        }
+        (Value::Object(x), Value::Object(y)) => same_object(x, y),
+        _ => a == b,
+    }
+}
 
 impl JsonObject {
     /// Checks `value` against the key rules, the depth limit and `max_bytes` serialized.
@@ -250,6 +275,25 @@ mod tests {
         ] {
             let err = read(twice).unwrap_err().to_string();
             assert!(err.contains("appears twice"), "{twice}: {err}");
+        }
+    }
+
+    #[test]
+    fn equal_content_is_exact_about_numbers_and_free_about_key_order() {
+        let obj = |v: Value| JsonObject(v.as_object().unwrap().clone());
+        let a = obj(json!({"a": [1, 2.5, {"z": -0.0, "y": "s"}], "b": null}));
+        let b = obj(json!({"b": null, "a": [1, 2.5, {"y": "s", "z": -0.0}]}));
+        assert_eq!(a, b);
+        for (x, y) in [
+            (json!({"n": 0.0}), json!({"n": -0.0})),
+            (json!({"n": 1}), json!({"n": 1.0})),
+            (json!({"n": [0.0]}), json!({"n": [-0.0]})),
+            (json!({"n": {"m": -0.0}}), json!({"n": {"m": 0.0}})),
+            (json!({"n": 1}), json!({"n": 1, "m": 1})),
+            (json!({"n": [1]}), json!({"n": [1, 1]})),
+        ] {
+            assert_ne!(obj(x.clone()), obj(y.clone()), "{x} {y}");
+            assert_ne!(obj(y.clone()), obj(x.clone()), "{y} {x}");
         }
     }
 

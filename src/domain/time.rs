@@ -48,16 +48,36 @@ impl Timestamp {
             .ok_or_else(|| invalid_time(field))
     }
 
-    /// Parses the bound of a time range (`timestamp >= from`, `timestamp < to`). One finer
-    /// than a millisecond is rounded up: stored times are whole milliseconds, and for those,
-    /// `t >= 03.0005` and `t < 03.0005` hold exactly where they hold for `03.001`.
-    pub fn parse_bound(field: &str, raw: &str) -> Result<Self, ValidationError> {
-        parse_rfc3339(raw)
-            .map(|t| {
-                let finer = t.nanosecond() % 1_000_000 != 0;
-                Self(t.timestamp_millis() + i64::from(finer))
-            })
-            .ok_or_else(|| invalid_time(field))
+    /// Parses the bounds of a time range, `lower <= t < upper`, each given as its field's
+    /// name and text. The upper must be later than the lower, as sent. A bound finer than a
+    /// millisecond is then rounded up: stored times are whole milliseconds, and for those,
+    /// `t >= 03.0005` and `t < 03.0005` hold exactly where they hold for `03.001` (so an
+    /// upper bound in the last millisecond of 9999 can fall one millisecond past it).
+    pub fn parse_range(
+        lower: Option<(&str, &str)>,
+        upper: Option<(&str, &str)>,
+    ) -> Result<(Option<Self>, Option<Self>), ValidationError> {
+        let parse = |bound: Option<(&str, &str)>| {
+            bound
+                .map(|(field, raw)| parse_rfc3339(raw).ok_or_else(|| invalid_time(field)))
+                .transpose()
+        };
+        let (from, to) = (parse(lower)?, parse(upper)?);
+        if let (Some((lower_field, _)), Some((upper_field, _)), Some(from), Some(to)) =
+            (lower, upper, from, to)
+        {
+            if from >= to {
+                return Err(ValidationError::new(
+                    upper_field,
+                    format!("must be later than {lower_field}"),
+                ));
+            }
+        }
+        let round_up = |t: DateTime<FixedOffset>| {
+            let finer = !t.nanosecond().is_multiple_of(1_000_000);
+            Self(t.timestamp_millis() + i64::from(finer))
+        };
+        Ok((from.map(round_up), to.map(round_up)))
     }
 }
 
@@ -126,16 +146,41 @@ mod tests {
     }
 
     #[test]
-    fn a_range_bound_finer_than_a_millisecond_is_rounded_up() {
-        let bound = |raw| Timestamp::parse_bound("from", raw).unwrap().millis();
+    fn range_bounds_are_ordered_as_sent_then_rounded_up() {
+        let range = |from: &str, to: &str| {
+            Timestamp::parse_range(Some(("from", from)), Some(("to", to)))
+                .map(|(f, t)| (f.unwrap().millis(), t.unwrap().millis()))
+        };
         let whole = Timestamp::parse("t", "2026-01-01T00:00:03Z")
             .unwrap()
             .millis();
-        assert_eq!(bound("2026-01-01T00:00:03Z"), whole);
-        assert_eq!(bound("2026-01-01T00:00:03.000000Z"), whole);
-        assert_eq!(bound("2026-01-01T00:00:03.0005Z"), whole + 1);
-        assert_eq!(bound("2026-01-01T00:00:02.999000001Z"), whole);
-        assert_eq!(bound("1969-12-31T23:59:59.9995Z"), 0);
+        assert_eq!(
+            range("2026-01-01T00:00:03Z", "2026-01-01T00:00:03.000001Z").unwrap(),
+            (whole, whole + 1)
+        );
+        assert_eq!(
+            range("2026-01-01T00:00:03.0005Z", "2026-01-01T00:00:03.001Z").unwrap(),
+            (whole + 1, whole + 1)
+        );
+        assert_eq!(
+            range("2026-01-01T00:00:02.999000001Z", "2026-01-01T00:00:04Z").unwrap(),
+            (whole, whole + 1000)
+        );
+        assert_eq!(
+            range("1969-12-31T23:59:59.9995Z", "1970-01-01T00:00:00Z").unwrap(),
+            (0, 0)
+        );
+        for (from, to) in [
+            ("2026-01-01T00:00:03.0005Z", "2026-01-01T00:00:03.0005Z"),
+            ("2026-01-01T00:00:03.0006Z", "2026-01-01T00:00:03.0005Z"),
+            ("2026-01-01T01:00:00+01:00", "2026-01-01T00:00:00Z"),
+        ] {
+            assert_eq!(range(from, to).unwrap_err().field, "to", "{from} {to}");
+        }
+        let lower_only = Timestamp::parse_range(Some(("from", "2026-01-01T00:00:03.1Z")), None);
+        assert_eq!(lower_only.unwrap().0.unwrap().millis(), whole + 100);
+        let bad = Timestamp::parse_range(None, Some(("to", "later")));
+        assert_eq!(bad.unwrap_err().field, "to");
     }
 
     #[test]
@@ -148,7 +193,10 @@ mod tests {
         }
         for bad in ["2026-06-30T12:00:60Z", "2016-12-31T23:59:60+01:00"] {
             assert!(Timestamp::parse("t", bad).is_err(), "{bad}");
-            assert!(Timestamp::parse_bound("t", bad).is_err(), "{bad}");
+            assert!(
+                Timestamp::parse_range(Some(("t", bad)), None).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -417,15 +417,17 @@ pub(super) fn limit_and_order(
     Ok((limit, order))
 }
 
-/// Reads an optional RFC 3339 time parameter, the bound of a range.
-pub(super) fn time_param(
+/// Reads the optional RFC 3339 bounds of a time range, `lower <= t < upper`.
+pub(super) fn time_range(
     query: &mut QueryParams,
-    name: &str,
-) -> Result<Option<Timestamp>, ApiError> {
-    Ok(query
-        .take(name)?
-        .map(|raw| Timestamp::parse_bound(name, &raw))
-        .transpose()?)
+    lower: &str,
+    upper: &str,
+) -> Result<(Option<Timestamp>, Option<Timestamp>), ApiError> {
+    let (from, to) = (query.take(lower)?, query.take(upper)?);
+    Ok(Timestamp::parse_range(
+        from.as_deref().map(|raw| (lower, raw)),
+        to.as_deref().map(|raw| (upper, raw)),
+    )?)
 }
 
 /// Reads the paging and filter parameters of an event listing.
@@ -492,13 +494,7 @@ fn event_filter(query: &mut QueryParams) -> Result<EventFilter, ApiError> {
         .into_iter()
         .map(EventType::parse)
         .collect::<Result<Vec<_>, _>>()?;
-    let from = time_param(query, "from")?;
-    let to = time_param(query, "to")?;
-    if let (Some(from), Some(to)) = (from, to) {
-        if from >= to {
-            return Err(ApiError::validation("to", "must be later than from"));
-        }
-    }
+    let (from, to) = time_range(query, "from", "to")?;
     Ok(EventFilter { types, from, to })
 }
 

@@ -24,7 +24,8 @@ pub struct ItemsJson<T>(pub T);
 const NOT_JSON: &str = "the body must be JSON, sent with Content-Type: application/json";
 
 /// Whether the body is declared as JSON: `application/json` or `application/*+json`, with no
-/// charset other than UTF-8, the only encoding of JSON text (RFC 8259).
+/// charset other than UTF-8, the only encoding of JSON text (RFC 8259), or its subset ASCII,
+/// and sent uncompressed (it would be parsed as is).
 fn is_json(headers: &HeaderMap) -> Result<bool, ApiError> {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
@@ -36,36 +37,40 @@ fn is_json(headers: &HeaderMap) -> Result<bool, ApiError> {
     let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
     let json = essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if !json {
+        return Ok(false);
+    }
     let foreign_charset = parts
         .filter_map(|p| p.split_once('='))
         .any(|(name, value)| {
-            let value = value.trim().trim_matches('"');
+            let value = value.trim().trim_matches('"').trim();
             name.trim().eq_ignore_ascii_case("charset")
-                && !value.eq_ignore_ascii_case("utf-8")
-                && !value.eq_ignore_ascii_case("utf8")
+                && !["utf-8", "utf8", "us-ascii"]
+                    .iter()
+                    .any(|ok| value.eq_ignore_ascii_case(ok))
         });
-    if json && foreign_charset {
+    if foreign_charset {
         return Err(ApiError::UnsupportedMediaType(
             "the body must be JSON in UTF-8: send no charset, or charset=utf-8",
         ));
     }
-    Ok(json)
-}
-
-/// Refuses, before any byte of it is read, a body sent compressed (it would be parsed as is)
-/// or declared larger than the limit (so a client that sent `Expect: 100-continue` is spared
-/// the upload).
-fn check_declared(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
     let encoded = headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .any(|coding| !coding.trim().eq_ignore_ascii_case("identity"));
+        .map(str::trim)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
     if encoded {
         return Err(ApiError::UnsupportedMediaType(
             "Content-Encoding is not supported: send the body uncompressed",
         ));
     }
+    Ok(true)
+}
+
+/// Refuses a body declared larger than the limit before any byte of it is read, so that a
+/// client that sent `Expect: 100-continue` is spared the upload.
+fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -78,7 +83,7 @@ fn check_declared(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
 
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
-    check_declared(req.headers(), limit)?;
+    check_declared_length(req.headers(), limit)?;
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(limit)

@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
-use super::events::{limit_and_order, page_request, time_param, EventListParams};
+use super::events::{limit_and_order, page_request, time_range, EventListParams};
 use super::extract::{ApiJson, ApiPath, NoQuery, OptionalJson, QueryParams};
 use super::openapi::ErrorEnvelope;
 use super::written;
@@ -144,16 +144,7 @@ async fn list(State(state): State<AppState>, mut query: QueryParams) -> Result<R
         })
         .collect::<Result<Vec<_>, _>>()?;
     let language = query.take("language")?.map(Language::parse).transpose()?;
-    let started_after = time_param(&mut query, "startedAfter")?;
-    let started_before = time_param(&mut query, "startedBefore")?;
-    if let (Some(after), Some(before)) = (started_after, started_before) {
-        if after >= before {
-            return Err(ApiError::validation(
-                "startedBefore",
-                "must be later than startedAfter",
-            ));
-        }
-    }
+    let (started_after, started_before) = time_range(&mut query, "startedAfter", "startedBefore")?;
     let metadata = metadata_filters(query.take_prefixed("metadata."))?;
     query.finish()?;
     let filter = SessionFilter {

@@ -69,14 +69,16 @@ async fn a_body_without_json_content_type_is_unsupported_media_type(app: TestApp
             "{message}"
         );
     }
-    let (status, response) = send(
-        &app,
-        "/sessions",
-        Some("application/json; charset=\"UTF-8\""),
-        r#"{"sessionId":"m-quoted"}"#,
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{response}");
+    for (charset, id) in [("\"UTF-8\"", "m-quoted"), ("us-ascii", "m-ascii")] {
+        let (status, response) = send(
+            &app,
+            "/sessions",
+            Some(&format!("application/json; charset={charset}")),
+            &format!(r#"{{"sessionId":"{id}"}}"#),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{charset}: {response}");
+    }
     // A compressed body would be parsed as if it were not.
     for (coding, id, want) in [("gzip", "m-gz", 415), ("identity", "m-id", 201)] {
         let response = app
@@ -91,6 +93,17 @@ async fn a_body_without_json_content_type_is_unsupported_media_type(app: TestApp
         let (status, response) = parts(response).await;
         assert_eq!(status.as_u16(), want, "{coding}: {response}");
     }
+    // An empty optional body is no body, whatever its headers say of it.
+    let response = app
+        .client
+        .post(app.url("/sessions/m-id/complete"))
+        .header("content-type", "application/json; charset=utf-16")
+        .header("content-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    let (status, response) = parts(response).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
 }
 
 async fn malformed_json_is_invalid_json(app: TestApp) {

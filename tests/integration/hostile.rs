@@ -261,6 +261,19 @@ async fn integers_beyond_64_bits_are_refused_not_rounded(app: TestApp) {
     assert_eq!(read["payload"]["min"], json!(i64::MIN));
     assert_eq!(read["payload"]["max"], json!(i64::MAX));
     assert_eq!(read["payload"]["f"], json!(1e300));
+    // A retry's numbers must be the stored ones exactly: -0.0 is not 0.0, as 1.0 is not 1.
+    let zero = |f: &str, i: &str| {
+        format!(r#"{{"eventId": "zero", "type": "t", "payload": {{"f": {f}, "i": {i}}}}}"#)
+    };
+    for (f, i, want) in [
+        ("0.0", "1", 201),
+        ("-0.0", "1", 409),
+        ("0.0", "1.0", 409),
+        ("0.0", "1", 200),
+    ] {
+        let (status, body) = post_raw(&app, "/sessions/h7/events", zero(f, i)).await;
+        assert_eq!(status.as_u16(), want, "f {f}, i {i}: {body}");
+    }
 }
 
 async fn query_parameters_are_refused_where_a_route_takes_none(app: TestApp) {

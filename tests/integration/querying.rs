@@ -172,6 +172,11 @@ async fn events_filter_by_repeatable_type_and_time_range(app: TestApp) {
         let found = walk(&app, &format!("/sessions/s/events?{range}")).await;
         assert_eq!(ids(&found, "eventId"), want, "{range}");
     }
+    // Ordered as sent, though both round up to the same millisecond: no stored time between.
+    let (status, page) = app
+        .get("/sessions/s/events?from=2026-11-26T08:00:03.0005Z&to=2026-11-26T08:00:03.001Z")
+        .await;
+    assert_eq!((status, page["data"].clone()), (StatusCode::OK, json!([])));
     let bots = walk(&app, "/sessions/s/events?limit=4&type=bot_speech").await;
     assert_eq!(bots.len(), 10);
     assert!(bots.iter().all(|e| e["type"] == "bot_speech"));
