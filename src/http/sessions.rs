@@ -267,9 +267,9 @@ async fn erase(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CompleteBody {
-    /// `completed` (default) or `failed`.
-    #[serde(default)]
-    status: FinalStatus,
+    /// `completed` (default, also for `null`) or `failed`.
+    #[schema(value_type = Option<FinalStatus>)]
+    status: Option<FinalStatus>,
 }
 
 /// End the session. Repeating the same end returns the session as it ended.
@@ -287,7 +287,7 @@ async fn complete(
     OptionalJson(body): OptionalJson<CompleteBody>,
 ) -> Result<Response, ApiError> {
     let id = SessionId::parse(session_id)?;
-    let status = body.unwrap_or_default().status;
+    let status = body.and_then(|b| b.status).unwrap_or_default();
     let session = state.sessions.complete(&id, status).await?;
     Ok(Json(session).into_response())
 }

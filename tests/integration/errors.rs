@@ -149,7 +149,6 @@ async fn malformed_json_is_invalid_json(app: TestApp) {
 async fn well_formed_json_of_the_wrong_shape_is_a_validation_error(app: TestApp) {
     app.create_session("m3").await;
     for (path, body, field) in [
-        ("/sessions/m3/complete", r#"{"status": null}"#, "status"),
         ("/sessions/m3/complete", r#"{"status": 5}"#, "status"),
         ("/sessions/m3/complete", r#"{"status": "done"}"#, "status"),
         ("/sessions", r#"{"sessionId": null}"#, "sessionId"),

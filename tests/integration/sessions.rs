@@ -219,6 +219,12 @@ async fn complete_validates_its_body_and_the_session(app: TestApp) {
     }
     let (_, stored) = app.get("/sessions/call-10").await;
     assert_eq!(stored["status"], "initiated");
+    // A null status is the default, as for the other optional fields.
+    let (status, closed) = app
+        .post("/sessions/call-10/complete", &json!({"status": null}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["status"], "completed");
 }
 
 async fn seed_examples_work_as_written(app: TestApp) {
