@@ -1,7 +1,7 @@
 //! Live tails: a session's stored events from a position, then new ones as they are
 //! accepted, in seq order, ending with the session's close.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ const SETTLED_AGE: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_secs(1);
 /// Messages buffered per stream; a slow reader fills its own buffer and stalls only itself.
 const BUFFER: usize = 64;
+/// Sightings a stream keeps (see `Tail::sighted`); past that, the latest is moved on.
+const MAX_SIGHTINGS: usize = 32;
 
 /// What a live stream sends.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +107,7 @@ impl LiveService {
             session: session.clone(),
             last_seq: after_seq,
             gap: None,
+            sighted: VecDeque::new(),
             gap_wait: self.gap_wait,
             sender,
             stop: self.stop.clone(),
@@ -138,8 +141,13 @@ struct Tail {
     feed: Arc<SessionFeed>,
     session: SessionId,
     last_seq: i64,
-    /// The seq just past a gap, and when this stream first saw that gap.
-    gap: Option<(i64, Instant)>,
+    /// The seq just past the gap this stream stopped at, if it did.
+    gap: Option<i64>,
+    /// When this stream first read events up to each of these seqs, in rising order. A gap
+    /// came into view with the first event past it, so its wait counts from then, also
+    /// while the stream still waited at an earlier gap: gaps that came into view together
+    /// are waited out together, not one after another.
+    sighted: VecDeque<(i64, Instant)>,
     /// How long a gap in seq may stay open before the stream moves past it, and how long
     /// the stream keeps delivering after a close. Gaps come from replays and conflicts
     /// (which use up a seq) and from appends still in flight; the wait covers the latter.
@@ -237,7 +245,7 @@ impl Tail {
             let read = self.reads.after(
                 &self.session,
                 self.last_seq,
-                !past_gaps && self.gap.is_none_or(|(next, _)| self.gap_void(next)),
+                !past_gaps && self.gap.is_none_or(|next| self.gap_void(next)),
                 subscription.peek().appends,
             );
             let page = match read.await {
@@ -248,13 +256,21 @@ impl Tail {
                 }
             };
             let full = page.len() == CATCH_UP_BATCH;
+            if let Some(last) = page.last() {
+                self.sight(last.seq);
+            }
             for event in page.iter() {
                 if !past_gaps && event.seq != self.last_seq + 1 && !self.gap_settled(event) {
-                    let since = self.gap.map_or_else(Instant::now, |(_, since)| since);
-                    return Ok(Delivered::UpToGap(since + self.gap_wait));
+                    self.gap = Some(event.seq);
+                    return Ok(Delivered::UpToGap(
+                        self.sighted_at(event.seq) + self.gap_wait,
+                    ));
                 }
                 self.last_seq = event.seq;
                 self.gap = None;
+                while self.sighted.front().is_some_and(|&(s, _)| s <= event.seq) {
+                    self.sighted.pop_front();
+                }
                 self.send(TailMessage::Event(event.clone())).await?;
             }
             if !full {
@@ -263,18 +279,31 @@ impl Tail {
         }
     }
 
+    /// Notes that a read returned events up to `seq`. A sighting earlier than the last one
+    /// kept stays as it is; past [`MAX_SIGHTINGS`], the latest moves on to `seq` and now,
+    /// which can only make a wait longer.
+    fn sight(&mut self, seq: i64) {
+        let full = self.sighted.len() >= MAX_SIGHTINGS;
+        match self.sighted.back_mut() {
+            Some(&mut (latest, _)) if latest >= seq => {}
+            Some(latest) if full => *latest = (seq, Instant::now()),
+            _ => self.sighted.push_back((seq, Instant::now())),
+        }
+    }
+
+    /// When this stream first read the event at `seq`, which it has read.
+    fn sighted_at(&self, seq: i64) -> Instant {
+        self.sighted
+            .iter()
+            .find(|&&(s, _)| s >= seq)
+            .map_or_else(Instant::now, |&(_, at)| at)
+    }
+
     /// Whether the stream may move past the gap before `event`.
-    fn gap_settled(&mut self, event: &Event) -> bool {
-        if is_old(event.received_at) || self.gap_void(event.seq) {
-            return true;
-        }
-        match self.gap {
-            Some((seq, since)) if seq == event.seq => since.elapsed() >= self.gap_wait,
-            _ => {
-                self.gap = Some((event.seq, Instant::now()));
-                false
-            }
-        }
+    fn gap_settled(&self, event: &Event) -> bool {
+        is_old(event.received_at)
+            || self.gap_void(event.seq)
+            || self.sighted_at(event.seq).elapsed() >= self.gap_wait
     }
 
     /// Whether every seq between the last one sent and `next` is known to be void.
@@ -536,6 +565,7 @@ mod tests {
                 session: self.session.clone(),
                 last_seq,
                 gap: None,
+                sighted: VecDeque::new(),
                 sender,
                 gap_wait: GAP_WAIT,
                 stop: self.stop.subscribe(),
@@ -667,7 +697,8 @@ mod tests {
         h.store_event(1).await;
         let subscription = h.feed.subscribe(&h.session);
         let (mut tail, mut messages) = h.tail_after(0);
-        tail.gap = Some((2, Instant::now()));
+        tail.gap = Some(2);
+        tail.sight(2);
         tokio::time::advance(GAP_WAIT).await;
         let deliver = tokio::spawn(async move { tail.deliver(false, &subscription).await });
         settle().await;
@@ -704,6 +735,49 @@ mod tests {
         );
         assert_eq!(next_seq(&mut messages).await, Some(3));
         assert!(messages.try_recv().is_err(), "5 waits");
+    }
+
+    /// Gaps read at once are waited out together: each for at most the gap wait after it
+    /// came into view, not one wait after another.
+    #[tokio::test(start_paused = true)]
+    async fn gaps_that_came_into_view_together_are_waited_out_together() {
+        let h = Harness::new().await;
+        let subscription = h.feed.subscribe(&h.session);
+        for seq in [2, 4, 6] {
+            h.store_event(seq).await;
+        }
+        let (mut tail, mut messages) = h.tail_after(0);
+        let first_read = Instant::now();
+        let delivered = tail.deliver(false, &subscription).await;
+        assert!(
+            matches!(delivered, Ok(Delivered::UpToGap(at)) if at == first_read + GAP_WAIT),
+            "1 may still fill"
+        );
+        assert!(messages.try_recv().is_err());
+        tokio::time::advance(GAP_WAIT / 2).await;
+        h.store_event(8).await;
+        let delivered = tail.deliver(false, &subscription).await;
+        assert!(
+            matches!(delivered, Ok(Delivered::UpToGap(at)) if at == first_read + GAP_WAIT),
+            "1 may still fill"
+        );
+        tokio::time::advance(GAP_WAIT / 2).await;
+        let delivered = tail.deliver(false, &subscription).await;
+        // 3 and 5 came into view with 1, and 7 half a wait later.
+        assert!(
+            matches!(delivered, Ok(Delivered::UpToGap(at)) if at == first_read + GAP_WAIT * 3 / 2),
+            "7 may still fill"
+        );
+        for seq in [2, 4, 6] {
+            assert_eq!(next_seq(&mut messages).await, Some(seq));
+        }
+        assert!(messages.try_recv().is_err(), "8 waits");
+        tokio::time::advance(GAP_WAIT / 2).await;
+        assert!(matches!(
+            tail.deliver(false, &subscription).await,
+            Ok(Delivered::All)
+        ));
+        assert_eq!(next_seq(&mut messages).await, Some(8));
     }
 
     /// The read of the session after a close fails: the stream reads it again and ends,
@@ -749,7 +823,7 @@ mod tests {
         let held = h.held_read(0, subscription.peek().appends);
         settle().await;
         let (mut tail, mut messages) = h.tail_after(0);
-        tail.gap = Some((2, Instant::now()));
+        tail.gap = Some(2);
         let deliver = tokio::spawn(async move { tail.deliver(false, &subscription).await });
         settle().await;
         assert_eq!(h.reads(), 1, "the stream joined the read under way");
