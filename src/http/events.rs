@@ -319,7 +319,17 @@ fn resume_after(headers: &HeaderMap, query: &mut QueryParams) -> Result<i64, Api
         .take("afterSeq")?
         .map(|raw| parse("afterSeq", &raw))
         .transpose()?;
-    if let Some(header) = headers.get("last-event-id") {
+    let mut sent = headers.get_all("last-event-id").iter();
+    let header = sent.next();
+    if sent.next().is_some() {
+        return Err(ApiError::validation(
+            "Last-Event-ID",
+            "may be given only once",
+        ));
+    }
+    // An empty header is a client's way of sending no id yet (the SSE specification's
+    // initial last event ID): it does not override afterSeq.
+    if let Some(header) = header.filter(|h| !h.as_bytes().trim_ascii().is_empty()) {
         let raw = header
             .to_str()
             .map_err(|_| ApiError::validation("Last-Event-ID", "must be an event seq"))?;

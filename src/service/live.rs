@@ -25,6 +25,10 @@ const SETTLED_AGE: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_secs(1);
 /// Messages buffered per stream; a slow reader fills its own buffer and stalls only itself.
 const BUFFER: usize = 64;
+/// A stream whose reader has taken no message for this long while its buffer was full is
+/// ended: it would hold its buffer (up to 64 events of up to 64 KiB) and its slot until the
+/// client went away. A client that is only slow reconnects with `Last-Event-ID`.
+const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// Sightings a stream keeps (see `Tail::sighted`); past that, the latest is moved on.
 const MAX_SIGHTINGS: usize = 32;
 
@@ -311,12 +315,25 @@ impl Tail {
         self.feed.all_void(&self.session, self.last_seq + 1..next)
     }
 
-    /// Waits for room in the reader's buffer, but not past the service's stop.
+    /// Waits for room in the reader's buffer, but not past the service's stop, nor past
+    /// [`STALL_LIMIT`].
     async fn send(&mut self, message: TailMessage) -> Result<(), Gone> {
+        let message = match self.sender.try_send(message) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Gone),
+            Err(mpsc::error::TrySendError::Full(message)) => message,
+        };
         let mut stop = self.stop.clone();
         tokio::select! {
             sent = self.sender.send(message) => sent.map_err(|_| Gone),
             () = stopped(&mut stop) => Err(Gone),
+            () = tokio::time::sleep(STALL_LIMIT) => {
+                tracing::info!(
+                    stall_secs = STALL_LIMIT.as_secs(),
+                    "live stream ended: its reader took nothing while its buffer was full"
+                );
+                Err(Gone)
+            }
         }
     }
 }
@@ -778,6 +795,33 @@ mod tests {
             Ok(Delivered::All)
         ));
         assert_eq!(next_seq(&mut messages).await, Some(8));
+    }
+
+    /// A reader that takes nothing while its buffer is full is let go after the stall
+    /// limit; one that takes a message in time is not.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_whose_reader_stalls_is_ended() {
+        let h = Harness::new().await;
+        let subscription = h.feed.subscribe(&h.session);
+        let total = BUFFER as i64 + 2;
+        for seq in 1..=total {
+            h.store_event(seq).await;
+        }
+        let (mut tail, mut messages) = h.tail_after(0);
+        let deliver = tokio::spawn(async move { tail.deliver(false, &subscription).await });
+        settle().await;
+        tokio::time::advance(STALL_LIMIT - Duration::from_secs(1)).await;
+        assert_eq!(next_seq(&mut messages).await, Some(1), "just in time");
+        settle().await;
+        tokio::time::advance(STALL_LIMIT - Duration::from_secs(1)).await;
+        assert!(!deliver.is_finished());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(matches!(deliver.await.unwrap(), Err(Gone)));
+        let mut received = 1;
+        while messages.try_recv().is_ok() {
+            received += 1;
+        }
+        assert_eq!(received, total - 1, "the last message found no room");
     }
 
     /// The read of the session after a close fails: the stream reads it again and ends,

@@ -32,12 +32,19 @@ pub struct SseMessage {
 
 impl SseStream {
     pub async fn open(app: &TestApp, path: &str, last_event_id: Option<i64>) -> Self {
+        let id = last_event_id.map(|id| id.to_string());
+        let header = id.as_deref().map(|id| ("last-event-id", id));
+        Self::open_with(app, path, header.as_slice()).await
+    }
+
+    /// Opens the stream with these request headers besides `Accept`.
+    pub async fn open_with(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> Self {
         let mut request = app
             .client
             .get(app.url(path))
             .header("accept", "text/event-stream");
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
@@ -242,6 +249,9 @@ async fn a_closed_session_replays_after_the_position_and_ends(app: TestApp) {
     // Last-Event-ID wins over afterSeq, as a reconnecting browser sends it.
     let mut resumed = SseStream::open(&app, &path, Some(seqs[2])).await;
     assert_eq!(resumed.next(SOON).await.unwrap().id, Some(seqs[3]));
+    // An empty one is no id yet, and afterSeq holds.
+    let mut fresh = SseStream::open_with(&app, &path, &[("last-event-id", "")]).await;
+    assert_eq!(fresh.next(SOON).await.unwrap().id, Some(seqs[2]));
 }
 
 async fn a_slow_reader_blocks_neither_ingestion_nor_other_streams(app: TestApp) {
@@ -306,6 +316,15 @@ async fn stream_requests_are_validated(app: TestApp) {
         let details = assert_error(status, &body, 400, "validation_failed");
         assert_eq!(details["field"], field);
     }
+    let twice = app
+        .client
+        .get(app.url("/sessions/l5/events/stream"))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "1")
+        .header("last-event-id", "2");
+    let (status, body) = parts(twice.send().await.unwrap()).await;
+    let details = assert_error(status, &body, 400, "validation_failed");
+    assert_eq!(details["field"], "Last-Event-ID");
     // Asking for JSON reads the event whose id is "stream".
     let (status, body) = parts(
         app.client
