@@ -68,7 +68,8 @@ pub struct Cli {
     /// Erase closed sessions and their events this many days after they ended.
     #[arg(long, env = "RETENTION_DAYS", value_name = "DAYS")]
     retention_days: Option<String>,
-    /// Seconds in-flight requests get to finish after SIGTERM or ctrl-c.
+    /// Seconds in-flight requests, and erasures whose client hung up, get to finish after
+    /// SIGTERM or ctrl-c.
     #[arg(
         long,
         env = "SHUTDOWN_GRACE_SECS",

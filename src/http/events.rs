@@ -366,10 +366,11 @@ async fn stream(
     let session = SessionId::parse(session_id)?;
     let after_seq = resume_after(&headers, &mut query)?;
     query.finish()?;
-    let receiver = state.live.tail(&session, after_seq).await?;
-    let messages = futures::stream::unfold(receiver, |mut receiver| async move {
-        let message = receiver.recv().await?;
-        Some((Ok::<_, Infallible>(sse_message(message)), receiver))
+    let mut outbox = state.live.tail(&session, after_seq).await?;
+    let messages = futures::stream::poll_fn(move |cx| {
+        outbox
+            .poll_recv(cx)
+            .map(|message| message.map(|m| Ok::<_, Infallible>(sse_message(m))))
     });
     let sse = Sse::new(messages).keep_alive(KeepAlive::new().interval(state.heartbeat));
     // Proxies that buffer responses (nginx) would hold messages back.

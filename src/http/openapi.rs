@@ -127,7 +127,10 @@ fn add_shared_responses(operation: &mut Operation, path: &str, public: bool) {
     }
     if operation.request_body.is_some() {
         errors.push(("413", "The body is larger than BODY_LIMIT_BYTES"));
-        errors.push(("415", "The body is not sent as application/json"));
+        errors.push((
+            "415",
+            "The body is not sent as uncompressed UTF-8 application/json",
+        ));
     }
     if path.contains("{session_id}") {
         errors.push(("404", "No such session (or event)"));

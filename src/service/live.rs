@@ -2,7 +2,8 @@
 //! accepted, in seq order, ending with the session's close.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -38,6 +39,44 @@ pub enum TailMessage {
     Event(Event),
     /// The session completed or failed; the stream ends after this.
     Closed(Session),
+}
+
+/// What a stream's reader takes its messages from.
+///
+/// The stream's task holds only a weak reference to it, so a reader that goes away still
+/// drops the messages, and the task learns of it from its sender. A task whose reader
+/// stalled (see [`STALL_LIMIT`]) takes the messages away: the response holds no more
+/// memory, and ends the next time it is polled.
+pub struct Outbox(Arc<OutboxSlot>);
+
+type OutboxSlot = Mutex<Option<mpsc::Receiver<TailMessage>>>;
+
+impl Outbox {
+    fn new() -> (mpsc::Sender<TailMessage>, Self) {
+        let (sender, receiver) = mpsc::channel(BUFFER);
+        (sender, Self(Arc::new(Mutex::new(Some(receiver)))))
+    }
+
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TailMessage>> {
+        match lock_slot(&self.0).as_mut() {
+            Some(receiver) => receiver.poll_recv(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    pub async fn recv(&mut self) -> Option<TailMessage> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    #[cfg(test)]
+    fn try_recv(&mut self) -> Option<TailMessage> {
+        lock_slot(&self.0).as_mut()?.try_recv().ok()
+    }
+}
+
+fn lock_slot(slot: &OutboxSlot) -> MutexGuard<'_, Option<mpsc::Receiver<TailMessage>>> {
+    // Taking or polling the receiver leaves nothing half-done.
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Opens live tails, at most `max_streams` at a time on this instance.
@@ -84,13 +123,9 @@ impl LiveService {
     }
 
     /// Starts a tail of the events after `after_seq`. The stream's resources (its task, its
-    /// buffer, its feed subscription and its slot) are freed when the receiver is dropped.
+    /// buffer, its feed subscription and its slot) are freed when the outbox is dropped.
     #[tracing::instrument(skip_all, fields(session_id = %session, after_seq))]
-    pub async fn tail(
-        &self,
-        session: &SessionId,
-        after_seq: i64,
-    ) -> Result<mpsc::Receiver<TailMessage>, ServiceError> {
+    pub async fn tail(&self, session: &SessionId, after_seq: i64) -> Result<Outbox, ServiceError> {
         let permit = Arc::clone(&self.permits)
             .try_acquire_owned()
             .map_err(|_| ServiceError::Overloaded("too many live streams are open"))?;
@@ -103,8 +138,9 @@ impl LiveService {
             .get(session)
             .await?
             .ok_or_else(|| ServiceError::SessionNotFound(session.clone()))?;
-        let (sender, receiver) = mpsc::channel(BUFFER);
+        let (sender, outbox) = Outbox::new();
         let tail = Tail {
+            outbox: Arc::downgrade(&outbox.0),
             sessions: Arc::clone(&self.sessions),
             reads: Arc::clone(&self.reads),
             feed: Arc::clone(&self.feed),
@@ -121,7 +157,7 @@ impl LiveService {
             tail.run(subscription, seen, permit, current)
                 .instrument(span),
         );
-        Ok(receiver)
+        Ok(outbox)
     }
 }
 
@@ -157,6 +193,7 @@ struct Tail {
     /// (which use up a seq) and from appends still in flight; the wait covers the latter.
     gap_wait: Duration,
     sender: mpsc::Sender<TailMessage>,
+    outbox: Weak<OutboxSlot>,
     stop: watch::Receiver<bool>,
 }
 
@@ -332,6 +369,9 @@ impl Tail {
                     stall_secs = STALL_LIMIT.as_secs(),
                     "live stream ended: its reader took nothing while its buffer was full"
                 );
+                if let Some(slot) = self.outbox.upgrade() {
+                    lock_slot(&slot).take();
+                }
                 Err(Gone)
             }
         }
@@ -573,9 +613,10 @@ mod tests {
         }
 
         /// A stream's task, standing after `last_seq`, outside any running loop.
-        fn tail_after(&self, last_seq: i64) -> (Tail, mpsc::Receiver<TailMessage>) {
-            let (sender, receiver) = mpsc::channel(BUFFER);
+        fn tail_after(&self, last_seq: i64) -> (Tail, Outbox) {
+            let (sender, outbox) = Outbox::new();
             let tail = Tail {
+                outbox: Arc::downgrade(&outbox.0),
                 sessions: Arc::clone(&self.memory) as _,
                 reads: Arc::clone(&self.live.reads),
                 feed: Arc::clone(&self.feed),
@@ -587,7 +628,7 @@ mod tests {
                 gap_wait: GAP_WAIT,
                 stop: self.stop.subscribe(),
             };
-            (tail, receiver)
+            (tail, outbox)
         }
 
         /// Starts a shared read after `after_seq`, noting `appends`, that the gate will hold.
@@ -615,7 +656,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    async fn next_seq(stream: &mut mpsc::Receiver<TailMessage>) -> Option<i64> {
+    async fn next_seq(stream: &mut Outbox) -> Option<i64> {
         match tokio::time::timeout(Duration::from_secs(5), stream.recv()).await {
             Ok(Some(TailMessage::Event(event))) => Some(event.seq),
             _ => None,
@@ -751,7 +792,7 @@ mod tests {
             "4 may still fill"
         );
         assert_eq!(next_seq(&mut messages).await, Some(3));
-        assert!(messages.try_recv().is_err(), "5 waits");
+        assert!(messages.try_recv().is_none(), "5 waits");
     }
 
     /// Gaps read at once are waited out together: each for at most the gap wait after it
@@ -770,7 +811,7 @@ mod tests {
             matches!(delivered, Ok(Delivered::UpToGap(at)) if at == first_read + GAP_WAIT),
             "1 may still fill"
         );
-        assert!(messages.try_recv().is_err());
+        assert!(messages.try_recv().is_none());
         tokio::time::advance(GAP_WAIT / 2).await;
         h.store_event(8).await;
         let delivered = tail.deliver(false, &subscription).await;
@@ -788,7 +829,7 @@ mod tests {
         for seq in [2, 4, 6] {
             assert_eq!(next_seq(&mut messages).await, Some(seq));
         }
-        assert!(messages.try_recv().is_err(), "8 waits");
+        assert!(messages.try_recv().is_none(), "8 waits");
         tokio::time::advance(GAP_WAIT / 2).await;
         assert!(matches!(
             tail.deliver(false, &subscription).await,
@@ -817,11 +858,11 @@ mod tests {
         assert!(!deliver.is_finished());
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(matches!(deliver.await.unwrap(), Err(Gone)));
-        let mut received = 1;
-        while messages.try_recv().is_ok() {
-            received += 1;
-        }
-        assert_eq!(received, total - 1, "the last message found no room");
+        assert!(
+            messages.try_recv().is_none(),
+            "the messages waiting for the reader were dropped"
+        );
+        assert!(messages.recv().await.is_none(), "the stream is over");
     }
 
     /// The read of the session after a close fails: the stream reads it again and ends,
