@@ -23,10 +23,10 @@ pub struct ItemsJson<T>(pub T);
 
 const NOT_JSON: &str = "the body must be JSON, sent with Content-Type: application/json";
 
-/// Whether the body is declared as JSON: `application/json` or `application/*+json`, with no
-/// charset other than UTF-8, the only encoding of JSON text (RFC 8259), or its subset ASCII,
-/// and sent uncompressed (it would be parsed as is).
-fn is_json(headers: &HeaderMap) -> Result<bool, ApiError> {
+/// Whether the body is declared as JSON: `application/json` or `application/*+json`. JSON
+/// in a charset other than UTF-8, the only encoding of JSON text (RFC 8259), or its subset
+/// ASCII, or sent compressed (it would be parsed as is), is refused with 415.
+fn declared_json(headers: &HeaderMap) -> Result<bool, ApiError> {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -111,7 +111,7 @@ fn causes<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn E
 
 /// A required body declared as JSON.
 async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
-    if !is_json(req.headers())? {
+    if !declared_json(req.headers())? {
         return Err(ApiError::UnsupportedMediaType(NOT_JSON));
     }
     read_body(req, state).await
@@ -141,12 +141,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let declared_json = is_json(req.headers());
+        let declared = declared_json(req.headers());
         let bytes = read_body(req, state).await?;
         if bytes.is_empty() {
             return Ok(OptionalJson(None));
         }
-        if !declared_json? {
+        if !declared? {
             return Err(ApiError::UnsupportedMediaType(NOT_JSON));
         }
         parse_json(&bytes).map(|v| OptionalJson(Some(v)))
