@@ -312,13 +312,14 @@ fn strip_position(message: &str) -> String {
         .to_owned()
 }
 
-/// The field a data error is about: the path, which for a missing field is its parent, so
-/// the name serde quotes in backticks is added.
+/// The field a data error is about: the path, which for a missing or repeated field is its
+/// parent, so the name serde quotes in backticks is added.
 fn field_of(path: &str, message: &str) -> String {
-    let missing = message
-        .strip_prefix("missing field `")
+    let named = ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
         .and_then(|rest| rest.split('`').next());
-    match (path, missing) {
+    match (path, named) {
         (".", Some(name)) => name.to_owned(),
         (".", None) => String::new(),
         (p, Some(name)) => format!("{p}.{name}"),
@@ -445,6 +446,11 @@ mod tests {
         assert_eq!(field(r#"{"eventId": "a", "extra": 1}"#), "extra");
         assert_eq!(field(r#"{"eventId": "a", "inner": {"n": 300}}"#), "inner.n");
         assert_eq!(field(r#"{"eventId": "a", "inner": {"m": 1}}"#), "inner.m");
+        assert_eq!(field(r#"{"eventId": "a", "eventId": "b"}"#), "eventId");
+        assert_eq!(
+            field(r#"{"eventId": "a", "inner": {"n": 1, "n": 2}}"#),
+            "inner.n"
+        );
     }
 
     #[test]
