@@ -14,6 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -100,7 +101,7 @@ impl AppState {
 pub enum StartupError {
     #[error("could not connect to MongoDB or create its indexes")]
     Database(#[from] StoreError),
-    #[error("could not listen on {addr}")]
+    #[error("could not listen on {addr} (HOST, PORT)")]
     Bind {
         addr: String,
         #[source]
@@ -242,12 +243,25 @@ impl Application {
             }
         }
         if let Some(mongo) = self.mongo {
-            mongo.shutdown().await;
+            if tokio::time::timeout(CLIENT_CLOSE_LIMIT, mongo.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    limit_ms = CLIENT_CLOSE_LIMIT.as_millis(),
+                    "the database client did not close in time; exiting without it"
+                );
+            }
         }
         tracing::info!("stopped");
         Ok(())
     }
 }
+
+/// How long closing the database client may take at exit. The driver waits for its
+/// background tasks, which a database that stopped answering held for about 10 s plus
+/// `DB_TIMEOUT_MS`, after the grace had already run out.
+const CLIENT_CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
 /// What keeps slow or numerous clients from exhausting the service.
 struct ConnectionLimits {
@@ -255,7 +269,8 @@ struct ConnectionLimits {
     max_connections: usize,
 }
 
-/// Accepts connections until `shutdown`, then waits for the open ones to finish.
+/// Accepts connections until `shutdown`, then waits for the open ones to finish. Dropping
+/// the future drops every connection, with the requests still in progress on it.
 ///
 /// Like `axum::serve`, with two guards it lacks: a connection must deliver each request's
 /// headers within `header_read_timeout` (slowloris clients, and clients that send nothing
@@ -284,7 +299,9 @@ async fn serve(
         .keep_alive_interval(limits.header_read_timeout)
         .keep_alive_timeout(limits.header_read_timeout);
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut connections = JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -308,7 +325,7 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
         let mut closing = closing.subscribe();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             tokio::select! {
                 known = tokio::time::timeout(detect_within, protocol_known(&stream)) => {
                     if known != Ok(true) {

@@ -18,7 +18,7 @@ pub struct Cli {
     #[arg(long, env = "PORT", default_value = "3000")]
     port: String,
     /// MongoDB connection string; without it the in-memory store is used.
-    #[arg(long, env = "DB_URI", value_name = "URI")]
+    #[arg(long, env = "DB_URI", value_name = "URI", hide_env_values = true)]
     db_uri: Option<String>,
     /// Database name; overrides the one in the URI (default: conversation).
     #[arg(long, env = "DB_NAME", value_name = "NAME")]

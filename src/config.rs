@@ -14,6 +14,16 @@ const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The longest time setting taken, in seconds: a day. Far larger ones overflow the clock
+/// arithmetic of the HTTP server and the timers.
+const MAX_SECS: u64 = 86_400;
+/// MongoDB keeps a TTL index's `expireAfterSeconds` in 32 bits: 2,147,483,647 s is 24,855
+/// days and a few hours.
+const MAX_RETENTION_DAYS: u64 = i32::MAX as u64 / 86_400;
+/// MongoDB's limit on a database name's length, in bytes, and the characters it refuses in
+/// one (on Linux; Windows refuses more).
+const MAX_DB_NAME_BYTES: usize = 63;
+const DB_NAME_REFUSED: [char; 7] = ['/', '\\', '.', ' ', '"', '$', '\0'];
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,10 +87,11 @@ impl Config {
         let mongo = match get("DB_URI") {
             None => None,
             Some(uri) => Some(MongoConfig {
-                uri,
-                db_name: get("DB_NAME"),
-                timeout: Duration::from_millis(positive(
+                uri: connection_string(uri)?,
+                db_name: get("DB_NAME").map(db_name).transpose()?,
+                timeout: Duration::from_millis(bounded(
                     parse_or("DB_TIMEOUT_MS", get("DB_TIMEOUT_MS"), DEFAULT_DB_TIMEOUT_MS)?,
+                    MAX_SECS * 1000,
                     "DB_TIMEOUT_MS",
                 )?),
                 max_pool_size: get("DB_MAX_POOL_SIZE")
@@ -116,18 +127,22 @@ impl Config {
             host: get("HOST").unwrap_or_else(|| "127.0.0.1".to_owned()),
             port: parse_or("PORT", get("PORT"), DEFAULT_PORT)?,
             mongo,
-            body_limit_bytes: parse_or(
+            body_limit_bytes: positive(
+                parse_or(
+                    "BODY_LIMIT_BYTES",
+                    get("BODY_LIMIT_BYTES"),
+                    DEFAULT_BODY_LIMIT,
+                )?,
                 "BODY_LIMIT_BYTES",
-                get("BODY_LIMIT_BYTES"),
-                DEFAULT_BODY_LIMIT,
             )?,
             log_format,
-            sse_heartbeat: Duration::from_secs(positive(
+            sse_heartbeat: Duration::from_secs(bounded(
                 parse_or(
                     "SSE_HEARTBEAT_SECS",
                     get("SSE_HEARTBEAT_SECS"),
                     DEFAULT_SSE_HEARTBEAT_SECS,
                 )?,
+                MAX_SECS,
                 "SSE_HEARTBEAT_SECS",
             )?),
             sse_max_streams: positive(
@@ -139,41 +154,48 @@ impl Config {
                 "SSE_MAX_STREAMS",
             )?
             .min(tokio::sync::Semaphore::MAX_PERMITS),
-            sse_gap_wait: Duration::from_millis(positive(
+            sse_gap_wait: Duration::from_millis(bounded(
                 parse_or(
                     "SSE_GAP_WAIT_MS",
                     get("SSE_GAP_WAIT_MS"),
                     DEFAULT_SSE_GAP_WAIT_MS,
                 )?,
+                MAX_SECS * 1000,
                 "SSE_GAP_WAIT_MS",
             )?),
             api_keys: get("API_KEYS").map(|raw| api_keys(&raw)).transpose()?,
             retention: get("RETENTION_DAYS")
                 .map(|raw| {
                     parse_or("RETENTION_DAYS", Some(raw), 0_u64)
-                        .and_then(|d| positive(d, "RETENTION_DAYS"))
-                        .map(|days| Duration::from_secs(days.saturating_mul(86_400)))
+                        .and_then(|d| bounded(d, MAX_RETENTION_DAYS, "RETENTION_DAYS"))
+                        .map(|days| Duration::from_secs(days * 86_400))
                 })
                 .transpose()?,
-            shutdown_grace: Duration::from_secs(parse_or(
+            shutdown_grace: Duration::from_secs(at_most(
+                parse_or(
+                    "SHUTDOWN_GRACE_SECS",
+                    get("SHUTDOWN_GRACE_SECS"),
+                    DEFAULT_SHUTDOWN_GRACE_SECS,
+                )?,
+                MAX_SECS,
                 "SHUTDOWN_GRACE_SECS",
-                get("SHUTDOWN_GRACE_SECS"),
-                DEFAULT_SHUTDOWN_GRACE_SECS,
             )?),
-            header_read_timeout: Duration::from_secs(positive(
+            header_read_timeout: Duration::from_secs(bounded(
                 parse_or(
                     "HEADER_READ_TIMEOUT_SECS",
                     get("HEADER_READ_TIMEOUT_SECS"),
                     DEFAULT_HEADER_READ_TIMEOUT_SECS,
                 )?,
+                MAX_SECS,
                 "HEADER_READ_TIMEOUT_SECS",
             )?),
-            body_read_timeout: Duration::from_secs(positive(
+            body_read_timeout: Duration::from_secs(bounded(
                 parse_or(
                     "BODY_READ_TIMEOUT_SECS",
                     get("BODY_READ_TIMEOUT_SECS"),
                     DEFAULT_BODY_READ_TIMEOUT_SECS,
                 )?,
+                MAX_SECS,
                 "BODY_READ_TIMEOUT_SECS",
             )?),
             max_connections: positive(
@@ -205,7 +227,12 @@ fn flag(name: &'static str, raw: Option<String>, default: bool) -> Result<bool, 
 /// Keys separated by commas (or newlines), or the path of an existing file that holds them.
 fn api_keys(raw: &str) -> Result<Vec<String>, ConfigError> {
     let path = std::path::Path::new(raw.trim());
-    let text = if path.is_file() {
+    let text = if path.is_dir() {
+        return Err(ConfigError {
+            name: "API_KEYS",
+            message: format!("names {}, a directory, not a key file", path.display()),
+        });
+    } else if path.is_file() {
         std::fs::read_to_string(path).map_err(|e| ConfigError {
             name: "API_KEYS",
             message: format!("cannot read the key file {}: {e}", path.display()),
@@ -269,6 +296,53 @@ fn positive<T: PartialOrd + Default>(value: T, name: &'static str) -> Result<T, 
             message: "must be at least 1".to_owned(),
         })
     }
+}
+
+/// At least 1 and at most `max`.
+fn bounded(value: u64, max: u64, name: &'static str) -> Result<u64, ConfigError> {
+    at_most(positive(value, name)?, max, name)
+}
+
+fn at_most(value: u64, max: u64, name: &'static str) -> Result<u64, ConfigError> {
+    if value <= max {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            name,
+            message: format!("must be at most {max}"),
+        })
+    }
+}
+
+/// Checked for its form here, so that a malformed one stops startup as a setting; whether
+/// its hosts answer is learnt when connecting.
+fn connection_string(uri: String) -> Result<String, ConfigError> {
+    match mongodb::options::ConnectionString::parse(&uri) {
+        Ok(_) => Ok(uri),
+        // The driver's messages name the part that is wrong, never the password.
+        Err(e) => Err(ConfigError {
+            name: "DB_URI",
+            message: match *e.kind {
+                mongodb::error::ErrorKind::InvalidArgument { message, .. } => message,
+                other => other.to_string(),
+            },
+        }),
+    }
+}
+
+fn db_name(name: String) -> Result<String, ConfigError> {
+    let refused = name.chars().find(|c| DB_NAME_REFUSED.contains(c));
+    let message = if let Some(c) = refused {
+        format!("a database name cannot hold {c:?}")
+    } else if name.len() > MAX_DB_NAME_BYTES {
+        format!("a database name is at most {MAX_DB_NAME_BYTES} bytes long")
+    } else {
+        return Ok(name);
+    };
+    Err(ConfigError {
+        name: "DB_NAME",
+        message,
+    })
 }
 
 fn parse_or<T: std::str::FromStr>(
@@ -385,10 +459,59 @@ mod tests {
         for (name, value) in [
             ("PORT", "http"),
             ("BODY_LIMIT_BYTES", "-1"),
+            ("BODY_LIMIT_BYTES", "0"),
             ("LOG_FORMAT", "xml"),
+            // Past a day, times overflowed the server's clock arithmetic: a panic per
+            // connection or stream instead of an error at startup.
+            ("HEADER_READ_TIMEOUT_SECS", "9300000000000000000"),
+            ("BODY_READ_TIMEOUT_SECS", "86401"),
+            ("SSE_HEARTBEAT_SECS", "18446744073709551615"),
+            ("SSE_GAP_WAIT_MS", "86400001"),
+            ("SHUTDOWN_GRACE_SECS", "86401"),
+            ("RETENTION_DAYS", "24856"),
+            ("API_KEYS", "/tmp"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert!(err.to_string().starts_with(name), "{err}");
         }
+        let uri = ("DB_URI", "mongodb://db");
+        for (name, value) in [
+            ("DB_URI", "not-a-uri"),
+            ("DB_URI", "http://db:27017"),
+            ("DB_URI", "mongodb://db:99999"),
+            ("DB_URI", "mongodb://db/?w=majority&w"),
+            ("DB_NAME", "a.b"),
+            ("DB_NAME", "has space"),
+            ("DB_NAME", &"n".repeat(64)),
+            ("DB_TIMEOUT_MS", "86400001"),
+        ] {
+            let setting = if name == "DB_URI" {
+                [(name, value), ("PORT", "1")]
+            } else {
+                [uri, (name, value)]
+            };
+            let err = config(&setting).unwrap_err();
+            assert!(err.to_string().starts_with(name), "{err}");
+        }
+        let longest = config(&[
+            uri,
+            ("DB_NAME", &"n".repeat(63)),
+            ("RETENTION_DAYS", "24855"),
+            ("HEADER_READ_TIMEOUT_SECS", "86400"),
+            ("SHUTDOWN_GRACE_SECS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(
+            longest.retention,
+            Some(Duration::from_secs(24_855 * 86_400))
+        );
+        assert_eq!(longest.header_read_timeout, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn a_malformed_connection_string_is_reported_without_its_password() {
+        let err = config(&[("DB_URI", "mongodb://admin:Sup3rS3cret@db:99999/x")]).unwrap_err();
+        assert!(err.to_string().starts_with("DB_URI"), "{err}");
+        assert!(!err.to_string().contains("Sup3rS3cret"), "{err}");
     }
 }

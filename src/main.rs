@@ -40,8 +40,14 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run() -> ExitCode {
-    // A missing .env is normal; the environment alone may configure everything.
-    let _ = dotenvy::dotenv();
+    // A missing .env is normal; the environment alone may configure everything. A line it
+    // cannot read would drop every setting after it unseen.
+    if let Err(err) = dotenvy::dotenv() {
+        if !err.not_found() {
+            eprintln!("configuration error: .env: {err}");
+            return ExitCode::from(2);
+        }
+    }
     let config = match Cli::parse().into_config() {
         Ok(config) => config,
         Err(err) => {

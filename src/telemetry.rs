@@ -1,6 +1,7 @@
 //! Tracing setup: pretty logs for development, JSON lines for production.
 
 use std::fmt::{self, Write as _};
+use std::io::IsTerminal;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -15,10 +16,21 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` filters; the default is `info`.
+/// Installs the global subscriber. `RUST_LOG` filters; the default, also for an empty or
+/// unreadable value, is `info`. Colours only on a terminal.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let directives = std::env::var("RUST_LOG").unwrap_or_default();
+    let (filter, unreadable) = if directives.trim().is_empty() {
+        (EnvFilter::new(DEFAULT_FILTER), None)
+    } else {
+        match EnvFilter::try_new(&directives) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new(DEFAULT_FILTER), Some(e)),
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     let installed = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder
@@ -28,7 +40,12 @@ pub fn init(format: LogFormat) {
     };
     // A second init (tests that build several apps) keeps the first subscriber.
     drop(installed);
+    if let Some(e) = unreadable {
+        tracing::warn!(error = %e, "RUST_LOG is unreadable; logging at {DEFAULT_FILTER}");
+    }
 }
+
+const DEFAULT_FILTER: &str = "info";
 
 /// One JSON object per line:
 /// `{"timestamp":…,"level":…,"fields":{…},"target":…,"span":{…,"name":…}}`, where `span` is

@@ -76,7 +76,7 @@ impl OwnServer {
         self.stop("KILL");
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let _ = Command::new("kill")
             .args([format!("-{signal}"), self.child.id().to_string()])
             .status();

@@ -63,6 +63,65 @@ fn a_bad_setting_stops_startup_with_its_name() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("PORT"));
 }
 
+#[test]
+fn help_shows_neither_the_keys_nor_the_connection_string() {
+    let output = Command::new(BIN)
+        .arg("--help")
+        .env_clear()
+        .env("DB_URI", "mongodb://admin:Sup3rS3cret@db.example:27017/x")
+        .env("API_KEYS", "a-secret-key-0123456789")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(help.contains("env: DB_URI"), "{help}");
+    for secret in ["Sup3rS3cret", "a-secret-key-0123456789"] {
+        assert!(!help.contains(secret), "--help shows {secret}:\n{help}");
+    }
+}
+
+/// A line `.env` cannot read would otherwise drop every setting after it, unseen.
+#[test]
+fn a_malformed_env_file_stops_startup() {
+    let dir = std::env::temp_dir().join(format!("dotenv-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        "PORT=0\nTHIS IS NOT A SETTING\nAPI_KEYS=a-secret-key-0123456789\n",
+    )
+    .unwrap();
+    // Were the line skipped, the service would start and serve: give it 10 s to exit.
+    let mut child = Command::new(BIN)
+        .current_dir(&dir)
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(".env") && stderr.contains("THIS IS NOT"),
+        "{stderr}"
+    );
+}
+
+/// An empty `RUST_LOG` is unset, and one that does not parse falls back to `info`: neither
+/// silences the logs (`Service::start` waits for the `listening` line).
+#[test]
+fn an_empty_or_unreadable_log_filter_logs_at_info() {
+    for filter in ["", "conversation_sessions=loud"] {
+        let service = Service::start(&[("RUST_LOG", filter)]);
+        assert!(service.address.starts_with("http://"));
+    }
+}
+
 /// A service process writing JSON logs, with its stdout read line by line.
 pub(crate) struct Service {
     pub(crate) child: Child,
@@ -279,6 +338,50 @@ async fn a_server_error_logs_its_cause_chain_once_and_tells_the_client_nothing()
 /// Tests of the binary that need MongoDB: there an erasure can take seconds.
 mod mongo {
     use super::*;
+    use crate::outage::OwnServer;
+
+    /// A database that stops answering holds up neither the end of the grace nor the exit:
+    /// requests still in progress are dropped when the grace runs out, and closing the
+    /// client is not waited for long.
+    #[tokio::test]
+    async fn sigterm_exits_soon_after_the_grace_when_the_database_stops_answering() {
+        let db = OwnServer::start();
+        let mut service = Service::start(&[
+            ("DB_URI", db.uri.as_str()),
+            ("DB_TIMEOUT_MS", "5000"),
+            ("SHUTDOWN_GRACE_SECS", "2"),
+        ]);
+        let client = reqwest::Client::new();
+        let create = |id: &str| {
+            client
+                .post(format!("{}/sessions", service.address))
+                .json(&json!({"sessionId": id}))
+                .send()
+        };
+        assert_eq!(create("before").await.unwrap().status(), 201);
+        db.signal("STOP");
+        let in_flight = tokio::spawn(create("during"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let signalled = Instant::now();
+        service.signal("TERM");
+        // Without the database the request would end in a 503 after 6 s.
+        let answer = in_flight.await.unwrap();
+        let dropped_after = signalled.elapsed();
+        assert!(answer.is_err(), "the request was not dropped: {answer:?}");
+        assert!(
+            dropped_after < Duration::from_millis(2600),
+            "the request was dropped {dropped_after:?} after the signal, not at the end of \
+             the 2 s grace"
+        );
+        let status = service.exited_within(Duration::from_secs(15));
+        let exited_after = signalled.elapsed();
+        assert!(status.success(), "{status}");
+        assert!(
+            exited_after < Duration::from_millis(4000),
+            "exited {exited_after:?} after the signal, for a grace of 2 s"
+        );
+        db.signal("CONT");
+    }
 
     /// A `DELETE` whose client hung up is no request in progress, yet a SIGTERM lets its
     /// erasure end within the grace instead of cutting it off with the id held.
