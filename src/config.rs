@@ -8,12 +8,12 @@ const DEFAULT_PORT: u16 = 3000;
 const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
 const DEFAULT_DB_TIMEOUT_MS: u64 = 3000;
 const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
-const DEFAULT_SSE_MAX_STREAMS: usize = 1000;
+const DEFAULT_SSE_MAX_STREAMS: u64 = 1000;
 const DEFAULT_SSE_GAP_WAIT_MS: u64 = 500;
 const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 10;
-const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 /// The longest time setting taken, in seconds: a day. Far larger ones overflow the clock
 /// arithmetic of the HTTP server and the timers.
 const MAX_SECS: u64 = 86_400;
@@ -84,16 +84,33 @@ impl Config {
     /// Reads settings through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        // A number from 1 (0 where `min` is 0) to `max`, the default when unset.
+        let number = |name: &'static str, default: u64, min: u64, max: u64| {
+            let value = parse_or(name, get(name), default)?;
+            if min > 0 {
+                positive(value, name)?;
+            }
+            at_most(value, max, name)
+        };
+        let secs = |name, default| number(name, default, 1, MAX_SECS).map(Duration::from_secs);
+        let millis =
+            |name, default| number(name, default, 1, MAX_SECS * 1000).map(Duration::from_millis);
+        // Counts past what a semaphore holds mean "no limit", which the semaphore caps.
+        let count = |name, default| {
+            number(name, default, 1, u64::MAX).map(|n| {
+                usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(tokio::sync::Semaphore::MAX_PERMITS)
+            })
+        };
         let mongo = match get("DB_URI") {
             None => None,
             Some(uri) => Some(MongoConfig {
                 uri: connection_string(uri)?,
-                db_name: get("DB_NAME").map(db_name).transpose()?,
-                timeout: Duration::from_millis(bounded(
-                    parse_or("DB_TIMEOUT_MS", get("DB_TIMEOUT_MS"), DEFAULT_DB_TIMEOUT_MS)?,
-                    MAX_SECS * 1000,
-                    "DB_TIMEOUT_MS",
-                )?),
+                db_name: get("DB_NAME")
+                    .map(|name| db_name(name, "DB_NAME"))
+                    .transpose()?,
+                timeout: millis("DB_TIMEOUT_MS", DEFAULT_DB_TIMEOUT_MS)?,
                 max_pool_size: get("DB_MAX_POOL_SIZE")
                     .map(|v| {
                         parse_or("DB_MAX_POOL_SIZE", Some(v), 0)
@@ -136,77 +153,27 @@ impl Config {
                 "BODY_LIMIT_BYTES",
             )?,
             log_format,
-            sse_heartbeat: Duration::from_secs(bounded(
-                parse_or(
-                    "SSE_HEARTBEAT_SECS",
-                    get("SSE_HEARTBEAT_SECS"),
-                    DEFAULT_SSE_HEARTBEAT_SECS,
-                )?,
-                MAX_SECS,
-                "SSE_HEARTBEAT_SECS",
-            )?),
-            sse_max_streams: positive(
-                parse_or(
-                    "SSE_MAX_STREAMS",
-                    get("SSE_MAX_STREAMS"),
-                    DEFAULT_SSE_MAX_STREAMS,
-                )?,
-                "SSE_MAX_STREAMS",
-            )?
-            .min(tokio::sync::Semaphore::MAX_PERMITS),
-            sse_gap_wait: Duration::from_millis(bounded(
-                parse_or(
-                    "SSE_GAP_WAIT_MS",
-                    get("SSE_GAP_WAIT_MS"),
-                    DEFAULT_SSE_GAP_WAIT_MS,
-                )?,
-                MAX_SECS * 1000,
-                "SSE_GAP_WAIT_MS",
-            )?),
+            sse_heartbeat: secs("SSE_HEARTBEAT_SECS", DEFAULT_SSE_HEARTBEAT_SECS)?,
+            sse_max_streams: count("SSE_MAX_STREAMS", DEFAULT_SSE_MAX_STREAMS)?,
+            sse_gap_wait: millis("SSE_GAP_WAIT_MS", DEFAULT_SSE_GAP_WAIT_MS)?,
             api_keys: get("API_KEYS").map(|raw| api_keys(&raw)).transpose()?,
             retention: get("RETENTION_DAYS")
-                .map(|raw| {
-                    parse_or("RETENTION_DAYS", Some(raw), 0_u64)
-                        .and_then(|d| bounded(d, MAX_RETENTION_DAYS, "RETENTION_DAYS"))
-                        .map(|days| Duration::from_secs(days * 86_400))
-                })
-                .transpose()?,
-            shutdown_grace: Duration::from_secs(at_most(
-                parse_or(
-                    "SHUTDOWN_GRACE_SECS",
-                    get("SHUTDOWN_GRACE_SECS"),
-                    DEFAULT_SHUTDOWN_GRACE_SECS,
-                )?,
-                MAX_SECS,
+                .map(|_| number("RETENTION_DAYS", 0, 1, MAX_RETENTION_DAYS))
+                .transpose()?
+                .map(|days| Duration::from_secs(days * 86_400)),
+            shutdown_grace: number(
                 "SHUTDOWN_GRACE_SECS",
-            )?),
-            header_read_timeout: Duration::from_secs(bounded(
-                parse_or(
-                    "HEADER_READ_TIMEOUT_SECS",
-                    get("HEADER_READ_TIMEOUT_SECS"),
-                    DEFAULT_HEADER_READ_TIMEOUT_SECS,
-                )?,
+                DEFAULT_SHUTDOWN_GRACE_SECS,
+                0,
                 MAX_SECS,
+            )
+            .map(Duration::from_secs)?,
+            header_read_timeout: secs(
                 "HEADER_READ_TIMEOUT_SECS",
-            )?),
-            body_read_timeout: Duration::from_secs(bounded(
-                parse_or(
-                    "BODY_READ_TIMEOUT_SECS",
-                    get("BODY_READ_TIMEOUT_SECS"),
-                    DEFAULT_BODY_READ_TIMEOUT_SECS,
-                )?,
-                MAX_SECS,
-                "BODY_READ_TIMEOUT_SECS",
-            )?),
-            max_connections: positive(
-                parse_or(
-                    "MAX_CONNECTIONS",
-                    get("MAX_CONNECTIONS"),
-                    DEFAULT_MAX_CONNECTIONS,
-                )?,
-                "MAX_CONNECTIONS",
-            )?
-            .min(tokio::sync::Semaphore::MAX_PERMITS),
+                DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            )?,
+            body_read_timeout: secs("BODY_READ_TIMEOUT_SECS", DEFAULT_BODY_READ_TIMEOUT_SECS)?,
+            max_connections: count("MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS)?,
             erase_settle: settle,
         })
     }
@@ -298,11 +265,6 @@ fn positive<T: PartialOrd + Default>(value: T, name: &'static str) -> Result<T, 
     }
 }
 
-/// At least 1 and at most `max`.
-fn bounded(value: u64, max: u64, name: &'static str) -> Result<u64, ConfigError> {
-    at_most(positive(value, name)?, max, name)
-}
-
 fn at_most(value: u64, max: u64, name: &'static str) -> Result<u64, ConfigError> {
     if value <= max {
         Ok(value)
@@ -314,23 +276,45 @@ fn at_most(value: u64, max: u64, name: &'static str) -> Result<u64, ConfigError>
     }
 }
 
-/// Checked for its form here, so that a malformed one stops startup as a setting; whether
-/// its hosts answer is learnt when connecting.
+/// Checked for its form here, with the database it names, so that a malformed one stops
+/// startup as a setting; whether its hosts answer is learnt when connecting.
 fn connection_string(uri: String) -> Result<String, ConfigError> {
-    match mongodb::options::ConnectionString::parse(&uri) {
-        Ok(_) => Ok(uri),
-        // The driver's messages name the part that is wrong, never the password.
-        Err(e) => Err(ConfigError {
-            name: "DB_URI",
-            message: match *e.kind {
-                mongodb::error::ErrorKind::InvalidArgument { message, .. } => message,
-                other => other.to_string(),
-            },
-        }),
-    }
+    let message = match mongodb::options::ConnectionString::parse(&uri) {
+        Ok(parsed) => match parsed.default_database {
+            Some(name) => return db_name(name, "DB_URI").map(|_| uri),
+            None => return Ok(uri),
+        },
+        Err(e) => match *e.kind {
+            mongodb::error::ErrorKind::InvalidArgument { message, .. } => message,
+            other => other.to_string(),
+        },
+    };
+    // The driver's message may quote a part of the URI, and a password holding `?` or `/`
+    // is read as a host or a path: a message showing any piece of the user name or
+    // password is not passed on.
+    let credentials = uri
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .map(|(credentials, _)| credentials);
+    let shows_credentials = credentials.is_some_and(|credentials| {
+        credentials
+            .split([':', '?', '/', '#', '&', '=', ','])
+            .any(|piece| !piece.is_empty() && message.contains(piece))
+    });
+    Err(ConfigError {
+        name: "DB_URI",
+        message: if shows_credentials {
+            "is malformed; percent-encode the characters : / ? # [ ] @ in the user name and \
+             password"
+                .to_owned()
+        } else {
+            message
+        },
+    })
 }
 
-fn db_name(name: String) -> Result<String, ConfigError> {
+/// `setting`: where the name came from.
+fn db_name(name: String, setting: &'static str) -> Result<String, ConfigError> {
     let refused = name.chars().find(|c| DB_NAME_REFUSED.contains(c));
     let message = if let Some(c) = refused {
         format!("a database name cannot hold {c:?}")
@@ -340,7 +324,7 @@ fn db_name(name: String) -> Result<String, ConfigError> {
         return Ok(name);
     };
     Err(ConfigError {
-        name: "DB_NAME",
+        name: setting,
         message,
     })
 }
@@ -510,8 +494,23 @@ mod tests {
 
     #[test]
     fn a_malformed_connection_string_is_reported_without_its_password() {
-        let err = config(&[("DB_URI", "mongodb://admin:Sup3rS3cret@db:99999/x")]).unwrap_err();
+        // A `?` ends the hosts for the driver, so it reads `admin:Sup3r` as a host and port.
+        for uri in [
+            "mongodb://admin:Sup3r?S3cret@db:27017/x",
+            "mongodb://admin:Sup3r/S3cret@db:27017/x",
+            "mongodb://admin:Sup3rS3cret@db:99999/x",
+        ] {
+            let err = config(&[("DB_URI", uri)]).unwrap_err().to_string();
+            assert!(err.starts_with("DB_URI"), "{err}");
+            for piece in ["admin", "Sup3r", "S3cret"] {
+                assert!(!err.contains(piece), "{err}");
+            }
+        }
+        // Without credentials the driver's message is passed on.
+        let err = config(&[("DB_URI", "mongodb://db:99999/x")]).unwrap_err();
+        assert!(err.to_string().contains("99999"), "{err}");
+        // The database in the URI's path is checked as DB_NAME is.
+        let err = config(&[("DB_URI", "mongodb://db/a.b")]).unwrap_err();
         assert!(err.to_string().starts_with("DB_URI"), "{err}");
-        assert!(!err.to_string().contains("Sup3rS3cret"), "{err}");
     }
 }

@@ -40,13 +40,9 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run() -> ExitCode {
-    // A missing .env is normal; the environment alone may configure everything. A line it
-    // cannot read would drop every setting after it unseen.
-    if let Err(err) = dotenvy::dotenv() {
-        if !err.not_found() {
-            eprintln!("configuration error: .env: {err}");
-            return ExitCode::from(2);
-        }
+    if let Err(err) = load_dotenv() {
+        eprintln!("configuration error: {err}");
+        return ExitCode::from(2);
     }
     let config = match Cli::parse().into_config() {
         Ok(config) => config,
@@ -69,6 +65,48 @@ async fn run() -> ExitCode {
             tracing::error!(error = %err, "server failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Loads `.env` from the current directory or the nearest parent that has one. A missing
+/// one is normal: the environment alone may configure everything. A line that cannot be
+/// read stops startup, since every setting after it would be dropped unseen; it is named by
+/// its number and key, not shown, since its value may be a key or a password.
+fn load_dotenv() -> Result<(), String> {
+    let Ok(dir) = std::env::current_dir() else {
+        return Ok(());
+    };
+    let Some(path) = dir
+        .ancestors()
+        .map(|d| d.join(".env"))
+        .find(|p| p.is_file())
+    else {
+        return Ok(());
+    };
+    let shown = path.display();
+    match dotenvy::from_path(&path) {
+        Ok(()) => Ok(()),
+        Err(dotenvy::Error::LineParse(unread, _)) => {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let found = text
+                .lines()
+                .enumerate()
+                .find(|(_, line)| line.contains(unread.as_str()));
+            Err(match found {
+                Some((index, line)) => {
+                    let key = line
+                        .split_once('=')
+                        .map_or(String::new(), |(key, _)| format!(" ({})", key.trim()));
+                    format!(
+                        "{shown}: line {}{key} cannot be read (a value with spaces or quotes \
+                         in it needs quoting)",
+                        index + 1
+                    )
+                }
+                None => format!("{shown}: a line cannot be read"),
+            })
+        }
+        Err(err) => Err(format!("{shown}: {err}")),
     }
 }
 

@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG` filters; the default, also for an empty or
-/// unreadable value, is `info`. Colours only on a terminal.
+/// unreadable value, is `info`. Colours only on a terminal, and not with `NO_COLOR`.
 pub fn init(format: LogFormat) {
     let directives = std::env::var("RUST_LOG").unwrap_or_default();
     let (filter, unreadable) = if directives.trim().is_empty() {
@@ -28,9 +28,11 @@ pub fn init(format: LogFormat) {
             Err(e) => (EnvFilter::new(DEFAULT_FILTER), Some(e)),
         }
     };
+    // NO_COLOR (https://no-color.org): set and not empty turns colours off.
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
+        .with_ansi(std::io::stdout().is_terminal() && !no_color);
     let installed = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder

@@ -66,9 +66,7 @@ impl OwnServer {
 
     /// Stops the server: SIGKILL, or SIGTERM for a clean stop.
     pub(crate) fn stop(&mut self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status();
+        self.signal(signal);
         let _ = self.child.wait();
     }
 
