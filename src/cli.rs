@@ -57,7 +57,8 @@ pub struct Cli {
         default_value = "pretty"
     )]
     log_format: String,
-    /// Bearer keys, comma-separated, or the path of a file holding them; unset leaves the API open.
+    /// Bearer keys, separated by commas or newlines, or the path of a file holding them;
+    /// unset leaves the API open.
     #[arg(
         long,
         env = "API_KEYS",

@@ -79,6 +79,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Paths open without an API key.
 pub const PUBLIC_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
+/// Paths that neither touch the store nor read their query: no 400, no 503.
+const SELF_CONTAINED_PATHS: [&str; 4] = ["/healthz", "/metrics", "/openapi.json", "/docs"];
+
 /// Adds what every operation shares: the error responses and, where a key is needed, the
 /// bearer security requirement.
 pub fn finish(mut doc: Document) -> Rendered {
@@ -104,18 +107,21 @@ pub fn finish(mut doc: Document) -> Rendered {
 }
 
 fn add_shared_responses(operation: &mut Operation, path: &str, public: bool) {
-    let mut errors = vec![
-        ("500", "Internal error: a bug or a broken database"),
-        (
+    let mut errors = vec![("500", "Internal error: a bug or a broken database")];
+    let self_contained = SELF_CONTAINED_PATHS.contains(&path);
+    if !self_contained {
+        errors.push((
             "503",
             "The database is unavailable, or this instance is at a limit; retry with the same ids",
-        ),
-    ];
-    if !public {
+        ));
+    }
+    if !public && !self_contained {
         errors.push((
             "400",
             "The request breaks a rule; `details.field` names the field",
         ));
+    }
+    if !public {
         errors.push((
             "401",
             "A valid `Authorization: Bearer <key>` is required (when API_KEYS is set)",

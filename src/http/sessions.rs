@@ -128,7 +128,7 @@ const MAX_METADATA_FILTERS: usize = 5;
 
 /// List sessions, newest first, with optional filters. Besides the parameters below,
 /// `metadata.<key>=<value>` (at most 5) keeps sessions whose top-level metadata `key` holds
-/// the string `value`.
+/// the string `value`, or an array holding it.
 #[utoipa::path(get, path = "/sessions", tag = "sessions", params(SessionListParams),
     responses((status = 200, description = "A page of sessions", body = Page<Session>)))]
 async fn list(State(state): State<AppState>, mut query: QueryParams) -> Result<Response, ApiError> {
