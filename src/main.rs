@@ -1,4 +1,5 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -32,13 +33,26 @@ extern "C" fn set_allocator_options() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
 }
 
+/// How long the exit waits for tasks still running once the service has stopped.
+const EXIT_LIMIT: Duration = Duration::from_secs(1);
+
 fn main() -> ExitCode {
     #[cfg(not(target_os = "linux"))]
     set_allocator_options();
-    run()
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("could not start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run());
+    // Dropping the runtime would wait, with no limit, for work in its blocking threads,
+    // such as a host name lookup for a database that does not answer.
+    runtime.shutdown_timeout(EXIT_LIMIT);
+    code
 }
 
-#[tokio::main]
 async fn run() -> ExitCode {
     if let Err(err) = load_dotenv() {
         eprintln!("configuration error: {err}");
