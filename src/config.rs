@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::store::mongo::{MongoConfig, WriteAcknowledgment};
 
 const DEFAULT_PORT: u16 = 3000;
-const DEFAULT_BODY_LIMIT: usize = 256 * 1024;
+const DEFAULT_BODY_LIMIT: u64 = 256 * 1024;
 const DEFAULT_DB_TIMEOUT_MS: u64 = 3000;
 const DEFAULT_SSE_HEARTBEAT_SECS: u64 = 15;
 const DEFAULT_SSE_MAX_STREAMS: u64 = 1000;
@@ -84,13 +84,9 @@ impl Config {
     /// Reads settings through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        // A number from 1 (0 where `min` is 0) to `max`, the default when unset.
+        // A number from `min` to `max`, the default when unset.
         let number = |name: &'static str, default: u64, min: u64, max: u64| {
-            let value = parse_or(name, get(name), default)?;
-            if min > 0 {
-                positive(value, name)?;
-            }
-            at_most(value, max, name)
+            within(parse_or(name, get(name), default)?, min..=max, name)
         };
         let secs = |name, default| number(name, default, 1, MAX_SECS).map(Duration::from_secs);
         let millis =
@@ -144,14 +140,8 @@ impl Config {
             host: get("HOST").unwrap_or_else(|| "127.0.0.1".to_owned()),
             port: parse_or("PORT", get("PORT"), DEFAULT_PORT)?,
             mongo,
-            body_limit_bytes: positive(
-                parse_or(
-                    "BODY_LIMIT_BYTES",
-                    get("BODY_LIMIT_BYTES"),
-                    DEFAULT_BODY_LIMIT,
-                )?,
-                "BODY_LIMIT_BYTES",
-            )?,
+            body_limit_bytes: number("BODY_LIMIT_BYTES", DEFAULT_BODY_LIMIT, 1, u64::MAX)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))?,
             log_format,
             sse_heartbeat: secs("SSE_HEARTBEAT_SECS", DEFAULT_SSE_HEARTBEAT_SECS)?,
             sse_max_streams: count("SSE_MAX_STREAMS", DEFAULT_SSE_MAX_STREAMS)?,
@@ -265,15 +255,19 @@ fn positive<T: PartialOrd + Default>(value: T, name: &'static str) -> Result<T, 
     }
 }
 
-fn at_most(value: u64, max: u64, name: &'static str) -> Result<u64, ConfigError> {
-    if value <= max {
-        Ok(value)
+fn within(
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+    name: &'static str,
+) -> Result<u64, ConfigError> {
+    let message = if value < *range.start() {
+        format!("must be at least {}", range.start())
+    } else if value > *range.end() {
+        format!("must be at most {}", range.end())
     } else {
-        Err(ConfigError {
-            name,
-            message: format!("must be at most {max}"),
-        })
-    }
+        return Ok(value);
+    };
+    Err(ConfigError { name, message })
 }
 
 /// Checked for its form here, with the database it names, so that a malformed one stops
