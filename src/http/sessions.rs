@@ -242,6 +242,10 @@ async fn read(
         }
     };
     query.finish()?;
+    // A cursor of another listing is refused as on the event listing, missing session or not.
+    if let Some(request) = &page {
+        request.check(&id)?;
+    }
     let session = state.sessions.get(&id).await?;
     let events = match page {
         Some(request) => Some(state.events.page(&id, &request).await?),

@@ -64,6 +64,30 @@ impl PageRequest {
             &millis(self.filter.to),
         ])
     }
+
+    /// Refuses a cursor that is not this listing's, before anything is read.
+    pub fn check(&self, session: &SessionId) -> Result<(), ServiceError> {
+        self.start(self.scope(session)).map(drop)
+    }
+
+    /// Where the page starts: a cursor decoded against the listing's `scope`.
+    fn start(&self, scope: u64) -> Result<PageStart, ServiceError> {
+        Ok(match (&self.position, self.after_seq) {
+            (PagePosition::Cursor(token), after_seq) => {
+                let last = Cursor::decode_event(token, self.order, scope)?;
+                match after_seq {
+                    // The cursor's position, unless the client moved `afterSeq` past it.
+                    Some(n) => PageStart::AfterSeq(last.seq.max(n)),
+                    None => PageStart::After(last),
+                }
+            }
+            (PagePosition::First, Some(seq)) => PageStart::AfterSeq(seq),
+            (PagePosition::First, None) => PageStart::First,
+            (PagePosition::Page(n), _) => {
+                PageStart::Offset(n.saturating_sub(1).saturating_mul(self.limit as u64))
+            }
+        })
+    }
 }
 
 /// Appends and reads a session's events.
@@ -426,21 +450,7 @@ impl EventService {
         request: &PageRequest,
     ) -> Result<Page<Event>, ServiceError> {
         let scope = request.scope(session);
-        let start = match (&request.position, request.after_seq) {
-            (PagePosition::Cursor(token), after_seq) => {
-                let last = Cursor::decode_event(token, request.order, scope)?;
-                match after_seq {
-                    // The cursor's position, unless the client moved `afterSeq` past it.
-                    Some(n) => PageStart::AfterSeq(last.seq.max(n)),
-                    None => PageStart::After(last),
-                }
-            }
-            (PagePosition::First, Some(seq)) => PageStart::AfterSeq(seq),
-            (PagePosition::First, None) => PageStart::First,
-            (PagePosition::Page(n), _) => {
-                PageStart::Offset(n.saturating_sub(1).saturating_mul(request.limit as u64))
-            }
-        };
+        let start = request.start(scope)?;
         let query = EventPageQuery {
             order: request.order,
             start,

@@ -169,6 +169,15 @@ async fn get_with_include_events_adds_a_page_of_events(app: TestApp) {
         .get(&format!("/sessions/call-7?include=events&cursor={cursor}"))
         .await;
     assert_eq!(rest["events"]["data"][0]["eventId"], "e2");
+    // A cursor of another listing is refused before the session is looked up, as on
+    // `/events`: the same answer whether the session exists or not.
+    for path in [
+        format!("/sessions/call-7?include=events&cursor={cursor}&order=desc"),
+        format!("/sessions/call-404?include=events&cursor={cursor}"),
+    ] {
+        let (status, body) = app.get(&path).await;
+        assert_error(status, &body, 400, "invalid_cursor");
+    }
     let (_, plain) = app.get("/sessions/call-7").await;
     assert!(plain.get("events").is_none());
     let (status, body) = app.get("/sessions/call-7?include=everything").await;
