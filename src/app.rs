@@ -130,6 +130,10 @@ impl Application {
         let (state, mongo) = match &config.mongo {
             Some(mongo_config) => {
                 let observed = mongo_config.command_metrics.then(|| Arc::clone(&metrics));
+                tracing::info!(
+                    timeout_ms = mongo_config.timeout.as_millis() as u64,
+                    "connecting to MongoDB"
+                );
                 let store = Arc::new(MongoStore::connect_observed(mongo_config, observed).await?);
                 if store.apply_retention(config.retention).await? {
                     tracing::warn!(
@@ -414,5 +418,5 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
+    tracing::info!("shutdown signal received");
 }

@@ -66,14 +66,24 @@ async fn run() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
-    let app = match Application::build(&config).await {
+    // Listening from the start: a signal while startup waits for the database stops it
+    // cleanly too, instead of killing the process.
+    let mut signal = Box::pin(shutdown_signal());
+    let built = tokio::select! {
+        built = Application::build(&config) => built,
+        () = &mut signal => {
+            tracing::info!("stopped before startup finished");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let app = match built {
         Ok(app) => app,
         Err(err) => {
             tracing::error!(error = %error_chain(&err), "startup failed");
             return ExitCode::FAILURE;
         }
     };
-    match app.run_until_stopped(shutdown_signal()).await {
+    match app.run_until_stopped(signal).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "server failed");

@@ -143,7 +143,24 @@ pub(crate) struct Service {
 }
 
 impl Service {
+    /// Started and listening.
     pub(crate) fn start(extra_env: &[(&str, &str)]) -> Self {
+        let mut service = Self::spawn(extra_env);
+        let mut startup = Vec::new();
+        let listening = service.wait_for(|l| {
+            let listening = l["fields"]["message"] == "listening";
+            if !listening {
+                startup.push(l.clone());
+            }
+            listening
+        });
+        service.address = format!("http://{}", listening["fields"]["addr"].as_str().unwrap());
+        service.startup = startup;
+        service
+    }
+
+    /// Started, and maybe still starting up.
+    fn spawn(extra_env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BIN);
         command
             .env_clear()
@@ -168,23 +185,12 @@ impl Service {
                 }
             }
         });
-        let mut service = Self {
+        Self {
             child,
             lines,
             address: String::new(),
             startup: Vec::new(),
-        };
-        let mut startup = Vec::new();
-        let listening = service.wait_for(|l| {
-            let listening = l["fields"]["message"] == "listening";
-            if !listening {
-                startup.push(l.clone());
-            }
-            listening
-        });
-        service.address = format!("http://{}", listening["fields"]["addr"].as_str().unwrap());
-        service.startup = startup;
-        service
+        }
     }
 
     fn wait_for(&self, mut wanted: impl FnMut(&Value) -> bool) -> Value {
@@ -224,6 +230,31 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A database that takes its time to answer holds up startup, and a SIGTERM meanwhile stops
+/// the service at once and cleanly, as it does once it listens.
+#[test]
+fn sigterm_while_startup_waits_for_the_database_stops_it_cleanly() {
+    // Connections are taken into the backlog and never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!(
+        "mongodb://{}/?directConnection=true",
+        silent.local_addr().unwrap()
+    );
+    let mut service = Service::spawn(&[("DB_URI", uri.as_str()), ("DB_TIMEOUT_MS", "30000")]);
+    service.wait_for(|l| l["fields"]["message"] == "connecting to MongoDB");
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    service.signal("TERM");
+    let status = service.exited_within(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "exited {:?} after the signal",
+        signalled.elapsed()
+    );
+    service.wait_for(|l| l["fields"]["message"] == "stopped before startup finished");
 }
 
 #[tokio::test]
