@@ -17,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
 use serde::Serialize;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -71,32 +72,39 @@ pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -
         .merge(openapi::router())
         .route_layer(middleware::from_fn_with_state(keys, auth::require_api_key));
     let (routes, description) = openapi::split(api.merge(health::router()));
-    routes
-        .fallback(|| async { ApiError::NotFound })
-        .with_state(state)
-        .layer(Extension(description))
-        .layer(DefaultBodyLimit::max(body_limit))
-        // A body that trickles in stalls only its own request, and not for long.
-        .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
-        .layer(Extension(BodyLimit(body_limit)))
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal("a handler panicked".to_owned()).into_response()
-        }))
+    // One `layer` call with the whole stack: each call wraps every route in another boxed
+    // service, and every request clones the boxes of the layers below a middleware. Layered
+    // one by one, that was about fifty allocations per request.
+    let middleware = ServiceBuilder::new()
+        .layer(middleware::from_fn_with_state(metrics, request_context))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
                 .on_request(())
                 // Server errors are logged once, with their cause chain, where they arise.
                 .on_failure(())
-                .on_response(|res: &Response, latency: Duration, _: &Span| {
-                    tracing::info!(
-                        status = res.status().as_u16(),
-                        latency_ms = latency.as_secs_f64() * 1000.0,
-                        "served"
-                    );
-                }),
+                .on_response(
+                    |res: &axum::http::Response<_>, latency: Duration, _: &Span| {
+                        tracing::info!(
+                            status = res.status().as_u16(),
+                            latency_ms = latency.as_secs_f64() * 1000.0,
+                            "served"
+                        );
+                    },
+                ),
         )
-        .layer(middleware::from_fn_with_state(metrics, request_context))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("a handler panicked".to_owned()).into_response()
+        }))
+        .layer(Extension(BodyLimit(body_limit)))
+        // A body that trickles in stalls only its own request, and not for long.
+        .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(description));
+    routes
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+        .layer(middleware)
 }
 
 /// Request spans name the route template, never the raw path, plus the session id.
