@@ -99,6 +99,11 @@ impl Config {
                     .min(tokio::sync::Semaphore::MAX_PERMITS)
             })
         };
+        // Driver settings held in 32 bits, where zero would mean "fail at once" to some and
+        // "no limit" to others.
+        let driver_count = |name| {
+            number(name, 0, 1, u64::from(u32::MAX)).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        };
         let mongo = match get("DB_URI") {
             None => None,
             Some(uri) => Some(MongoConfig {
@@ -108,17 +113,11 @@ impl Config {
                     .transpose()?,
                 timeout: millis("DB_TIMEOUT_MS", DEFAULT_DB_TIMEOUT_MS)?,
                 max_pool_size: get("DB_MAX_POOL_SIZE")
-                    .map(|v| {
-                        parse_or("DB_MAX_POOL_SIZE", Some(v), 0)
-                            .and_then(|n| positive(n, "DB_MAX_POOL_SIZE"))
-                    })
+                    .map(|_| driver_count("DB_MAX_POOL_SIZE"))
                     .transpose()?,
                 write_acknowledgment: match get("DB_WRITE_CONCERN").as_deref() {
                     None | Some("majority") => WriteAcknowledgment::Majority,
-                    Some(n) => WriteAcknowledgment::Nodes(positive(
-                        parse_or("DB_WRITE_CONCERN", Some(n.to_owned()), 0)?,
-                        "DB_WRITE_CONCERN",
-                    )?),
+                    Some(_) => WriteAcknowledgment::Nodes(driver_count("DB_WRITE_CONCERN")?),
                 },
                 journal: flag("DB_JOURNAL", get("DB_JOURNAL"), true)?,
                 retry_writes: flag("DB_RETRY_WRITES", get("DB_RETRY_WRITES"), true)?,
@@ -243,18 +242,6 @@ fn names_a_missing_file(path: &std::path::Path) -> bool {
             .is_some_and(|dir| dir.parent().is_some() && dir.is_dir())
 }
 
-/// Zero would mean "fail at once" to some driver settings and "no limit" to others.
-fn positive<T: PartialOrd + Default>(value: T, name: &'static str) -> Result<T, ConfigError> {
-    if value > T::default() {
-        Ok(value)
-    } else {
-        Err(ConfigError {
-            name,
-            message: "must be at least 1".to_owned(),
-        })
-    }
-}
-
 fn within(
     value: u64,
     range: std::ops::RangeInclusive<u64>,
@@ -371,6 +358,7 @@ mod tests {
         let relaxed = config(&[
             ("DB_URI", "mongodb://db"),
             ("DB_WRITE_CONCERN", "1"),
+            ("DB_MAX_POOL_SIZE", "32"),
             ("DB_JOURNAL", "false"),
             ("DB_RETRY_WRITES", "no"),
             ("DB_COMMAND_METRICS", "true"),
@@ -379,9 +367,11 @@ mod tests {
         .mongo
         .unwrap();
         assert_eq!(relaxed.write_acknowledgment, WriteAcknowledgment::Nodes(1));
+        assert_eq!(relaxed.max_pool_size, Some(32));
         assert!(!relaxed.journal && !relaxed.retry_writes && relaxed.command_metrics);
         assert!(config(&[("DB_URI", "mongodb://db"), ("DB_JOURNAL", "maybe")]).is_err());
         assert!(config(&[("DB_URI", "mongodb://db"), ("DB_WRITE_CONCERN", "0")]).is_err());
+        assert!(config(&[("DB_URI", "mongodb://db"), ("DB_MAX_POOL_SIZE", "0")]).is_err());
     }
 
     #[test]
