@@ -553,7 +553,12 @@ fn classify(err: MongoError) -> StoreError {
         | ErrorKind::ConnectionPoolCleared { .. }
         | ErrorKind::DnsResolve { .. } => true,
         ErrorKind::Command(e) => TRANSIENT_CODES.contains(&e.code),
-        ErrorKind::Write(WriteFailure::WriteConcernError(e)) => TRANSIENT_CODES.contains(&e.code),
+        // A bulk insert reports its write concern failure in its own kind.
+        ErrorKind::Write(WriteFailure::WriteConcernError(e))
+        | ErrorKind::InsertMany(InsertManyError {
+            write_concern_error: Some(e),
+            ..
+        }) => TRANSIENT_CODES.contains(&e.code) || err.contains_label("RetryableWriteError"),
         _ => err.contains_label("RetryableWriteError"),
     };
     if transient {
@@ -1140,6 +1145,23 @@ mod tests {
         by_hand.remove("payload");
         let raw = RawDocumentBuf::from_document(&by_hand).unwrap();
         assert!(event_from_raw(&raw).is_err());
+    }
+
+    /// A primary stepping down fails a write's write concern; a batch must then get 503,
+    /// as a single append does, and not 500.
+    #[test]
+    fn a_failed_write_concern_is_transient_for_a_bulk_insert_as_for_one_insert() {
+        let bulk = |code: i32| {
+            let failure: InsertManyError = mongodb::bson::from_document(doc! {
+                "writeConcernError": {"code": code, "codeName": "X", "errmsg": "failed"},
+            })
+            .unwrap();
+            classify(MongoError::from(ErrorKind::InsertMany(failure)))
+        };
+        for code in [91, 189, 11602] {
+            assert!(matches!(bulk(code), StoreError::Unavailable(_)), "{code}");
+        }
+        assert!(matches!(bulk(100), StoreError::Backend(_)));
     }
 
     #[test]
