@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
@@ -165,8 +165,25 @@ async fn request_context(
         res.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-    metrics.request(method.as_str(), route, status.as_u16(), started.elapsed());
+    metrics.request(
+        method_label(&method),
+        route,
+        status.as_u16(),
+        started.elapsed(),
+    );
     res
+}
+
+/// The `method` label: a standard method by name, any other as `other`. hyper accepts any
+/// token as a method, and a label per invented method would grow the series without bound.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method.as_str())
+        .unwrap_or("other")
 }
 
 /// 1-128 visible ASCII characters.

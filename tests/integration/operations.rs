@@ -51,6 +51,15 @@ async fn metrics_count_requests_events_store_calls_and_streams(app: TestApp) {
         &json!({"eventId": "late", "type": "system"}),
     )
     .await;
+    // Any token is a method to HTTP; invented ones share one label value.
+    for invented in ["BREW", "BREW2"] {
+        let method = reqwest::Method::from_bytes(invented.as_bytes()).unwrap();
+        let response = app.client.request(method, app.url("/sessions")).send();
+        assert_eq!(
+            response.await.unwrap().status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
     let response = app.get_raw("/metrics").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()["content-type"]
@@ -68,6 +77,7 @@ async fn metrics_count_requests_events_store_calls_and_streams(app: TestApp) {
         r#"http_request_duration_seconds_bucket{method="POST",route="/sessions/{session_id}/events",le="+Inf"} 4"#,
         r#"store_operation_duration_seconds_count{operation="insert_event",result="ok"}"#,
         "live_streams_open 1",
+        r#"http_requests_total{method="other",route="/sessions",status="405"} 2"#,
     ] {
         assert!(text.contains(line), "missing {line}\n{text}");
     }
@@ -75,6 +85,7 @@ async fn metrics_count_requests_events_store_calls_and_streams(app: TestApp) {
         !text.contains("/sessions/m1"),
         "raw paths never become labels"
     );
+    assert!(!text.contains("BREW"), "nor invented methods");
 }
 
 /// A client that hangs up during a `DELETE` does not leave the erasure half done. The
