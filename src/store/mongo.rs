@@ -1051,16 +1051,33 @@ fn page_filter(session: &SessionId, query: &EventPageQuery) -> Document {
         Order::Asc => "$gt",
         Order::Desc => "$lt",
     };
+    let range = base.get_document("timestamp").cloned().unwrap_or_default();
     let mut later = base.clone();
-    let mut range = later.get_document("timestamp").cloned().unwrap_or_default();
-    range.insert(op, bson_time(p.timestamp));
-    later.insert("timestamp", range.clone());
+    later.insert("timestamp", narrowed(&range, op, p.timestamp));
     let mut tied = base;
-    range.remove(op);
-    range.insert("$eq", bson_time(p.timestamp));
-    tied.insert("timestamp", range);
+    let mut tied_range = range;
+    tied_range.insert("$eq", bson_time(p.timestamp));
+    tied.insert("timestamp", tied_range);
     tied.insert("seq", doc! {op: p.seq});
     doc! {"$or": [later, tied]}
+}
+
+/// `range` with the keyset bound `op` (`$gt` or `$lt`) at `t` added, unless the range's own
+/// bound of that kind is tighter. A cursor is not signed, so a hand-made one can name a
+/// position past the listing's own `to`; the bound must not then replace it and widen
+/// the listing.
+fn narrowed(range: &Document, op: &str, t: Timestamp) -> Document {
+    let bound = bson_time(t);
+    let tighter = match range.get_datetime(op) {
+        Ok(own) if op == "$lt" => bound < *own,
+        Ok(own) => bound > *own,
+        Err(_) => true,
+    };
+    let mut range = range.clone();
+    if tighter {
+        range.insert(op, bound);
+    }
+    range
 }
 
 /// The filter of a sessions listing, with the keyset condition as a rooted `$or`.
@@ -1097,9 +1114,7 @@ fn session_filter(query: &SessionPageQuery) -> Document {
         Order::Desc => "$lt",
     };
     let mut later = base.clone();
-    let mut later_range = range.clone();
-    later_range.insert(op, bson_time(*t));
-    later.insert("startedAt", later_range);
+    later.insert("startedAt", narrowed(&range, op, *t));
     let mut tied = base;
     let mut tied_range = range;
     tied_range.insert("$eq", bson_time(*t));

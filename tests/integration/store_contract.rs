@@ -431,6 +431,26 @@ async fn pages_apply_type_and_time_filters_with_cursors(store: Arc<impl Store>) 
         }
         assert_eq!(seen, want, "{order:?}");
     }
+    // A start beyond the time range narrows nothing and widens nothing. No page hands out
+    // such a position, but a cursor can be made by hand.
+    for (order, millis) in [(Order::Desc, 120), (Order::Asc, 50)] {
+        let query = EventPageQuery {
+            order,
+            start: PageStart::After(EventPosition {
+                timestamp: Timestamp::from_millis(millis),
+                seq: 100,
+            }),
+            filter: filter.clone(),
+            limit: 100,
+        };
+        let page = store.page(&sid("a"), &query).await.unwrap();
+        let seen: Vec<i64> = page.iter().map(|e| e.seq).collect();
+        let mut want = expected.clone();
+        if order == Order::Desc {
+            want.reverse();
+        }
+        assert_eq!(seen, want, "{order:?} after {millis}");
+    }
 }
 
 async fn after_seq_pages_follow_seq_order(store: Arc<impl Store>) {
@@ -523,9 +543,24 @@ async fn sessions_list_by_start_time_with_filters(store: Arc<impl Store>) {
         ..SessionFilter::default()
     };
     assert_eq!(
-        walk(window, Order::Asc).await,
+        walk(window.clone(), Order::Asc).await,
         ["s03", "s05", "s06", "s07", "s08"]
     );
+    // A start past the window's end (made by hand: no page hands one out) does not widen it.
+    let query = SessionPageQuery {
+        order: Order::Desc,
+        filter: window,
+        after: Some((Timestamp::from_millis(2_000), sid("zz"))),
+        limit: 10,
+    };
+    let ids: Vec<String> = store
+        .list(&query)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.session_id.to_string())
+        .collect();
+    assert_eq!(ids, ["s08", "s07", "s06", "s05", "s03"]);
 }
 
 /// Between the start and the end of an erasure, the session reads as missing and takes
