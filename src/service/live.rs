@@ -289,8 +289,8 @@ impl Tail {
                 !past_gaps && self.gap.is_none_or(|next| self.gap_void(next)),
                 subscription.peek().appends,
             );
-            let page = match read.await {
-                Ok(page) => page,
+            let (read_at, page) = match read.await {
+                Ok(read) => read,
                 Err(e) => {
                     tracing::warn!(error = %e, "live stream could not read events; retrying");
                     return Ok(Delivered::StoreFailed(Instant::now() + RETRY));
@@ -301,7 +301,8 @@ impl Tail {
                 self.sight(last.seq);
             }
             for event in page.iter() {
-                if !past_gaps && event.seq != self.last_seq + 1 && !self.gap_settled(event) {
+                if !past_gaps && event.seq != self.last_seq + 1 && !self.gap_settled(event, read_at)
+                {
                     self.gap = Some(event.seq);
                     return Ok(Delivered::UpToGap(
                         self.sighted_at(event.seq) + self.gap_wait,
@@ -340,11 +341,15 @@ impl Tail {
             .map_or_else(Instant::now, |&(_, at)| at)
     }
 
-    /// Whether the stream may move past the gap before `event`.
-    fn gap_settled(&self, event: &Event) -> bool {
-        is_old(event.received_at)
+    /// Whether the stream may move past the gap before `event`, which a read that started
+    /// at `read_at` returned. The read shows the gap as it was when it started, which can be
+    /// well before now: the read may be slow, or the events before `event` slow to send.
+    /// So the gap's wait must have been over, or the event old, by then.
+    fn gap_settled(&self, event: &Event, read_at: Instant) -> bool {
+        let read_at_wall = Timestamp::now().minus(read_at.elapsed());
+        event.received_at <= read_at_wall.minus(SETTLED_AGE)
             || self.gap_void(event.seq)
-            || self.sighted_at(event.seq).elapsed() >= self.gap_wait
+            || read_at.saturating_duration_since(self.sighted_at(event.seq)) >= self.gap_wait
     }
 
     /// Whether every seq between the last one sent and `next` is known to be void.
@@ -378,8 +383,9 @@ impl Tail {
     }
 }
 
-/// A page of events read for live streams, shared by every stream that asked for it.
-type SharedPage = Result<Arc<[Event]>, Arc<StoreError>>;
+/// A page of events read for live streams, shared by every stream that asked for it, with
+/// when its read started: it shows the store as it was then, or later.
+type SharedPage = Result<(Instant, Arc<[Event]>), Arc<StoreError>>;
 
 /// The live streams' store reads. When an append wakes the streams of a session that
 /// stand at the same position, they share one read instead of making one each: 200
@@ -472,9 +478,11 @@ impl SharedReads {
             filter: EventFilter::default(),
             limit: CATCH_UP_BATCH,
         };
+        let started = Instant::now();
         let page = self.events.page(&key.0, &query).await;
         self.forget(&key, &sender.subscribe());
-        sender.send_replace(Some(page.map(Arc::from).map_err(Arc::new)));
+        let page = page.map(|events| (started, Arc::from(events)));
+        sender.send_replace(Some(page.map_err(Arc::new)));
     }
 
     /// Removes the read of `key` if it is the one behind `page`.
@@ -714,8 +722,8 @@ mod tests {
         settle().await;
         assert_eq!(h.reads(), 2);
         h.store.open.send_replace(true);
-        assert_eq!(from_start.await.unwrap().unwrap().len(), 2);
-        assert_eq!(after_first.await.unwrap().unwrap().len(), 1);
+        assert_eq!(from_start.await.unwrap().unwrap().1.len(), 2);
+        assert_eq!(after_first.await.unwrap().unwrap().1.len(), 1);
         assert!(
             h.live.reads.lock().is_empty(),
             "finished reads are forgotten"
@@ -741,7 +749,7 @@ mod tests {
         h.store.open.send_replace(true);
         assert!(matches!(finish.await.unwrap(), Ok(true)));
         assert_eq!(next_seq(&mut messages).await, Some(1));
-        assert!(held.await.unwrap().unwrap().is_empty());
+        assert!(held.await.unwrap().unwrap().1.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -764,7 +772,7 @@ mod tests {
         assert!(matches!(deliver.await.unwrap(), Ok(Delivered::All)));
         assert_eq!(next_seq(&mut messages).await, Some(1));
         assert_eq!(next_seq(&mut messages).await, Some(2));
-        assert_eq!(held.await.unwrap().unwrap().len(), 1);
+        assert_eq!(held.await.unwrap().unwrap().1.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -775,7 +783,7 @@ mod tests {
         assert!(reads.after(&h.session, 0, true, 0).await.is_err());
         h.store_event(1).await;
         let page = reads.after(&h.session, 0, true, 0).await.unwrap();
-        assert_eq!(page.len(), 1);
+        assert_eq!(page.1.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -793,6 +801,42 @@ mod tests {
         );
         assert_eq!(next_seq(&mut messages).await, Some(3));
         assert!(messages.try_recv().is_none(), "5 waits");
+    }
+
+    /// A gap is passed only on a read that started after its wait was over. A read that
+    /// started before and answered after shows the store from before: an event that filled
+    /// the gap in between would be skipped for good.
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_is_passed_only_on_a_read_that_started_after_its_wait() {
+        let h = Harness::new().await;
+        let subscription = h.feed.subscribe(&h.session);
+        h.store_event(2).await;
+        let (mut tail, mut messages) = h.tail_after(0);
+        let delivered = tail.deliver(false, &subscription).await;
+        assert!(
+            matches!(delivered, Ok(Delivered::UpToGap(_))),
+            "1 may still fill"
+        );
+        tokio::time::advance(GAP_WAIT - Duration::from_millis(50)).await;
+        // A read starts just before the wait is over, and is held until after it.
+        h.store.open.send_replace(false);
+        let held = tokio::spawn(async move {
+            let delivered = tail.deliver(false, &subscription).await;
+            (tail, subscription, delivered)
+        });
+        settle().await;
+        h.store_event(1).await;
+        tokio::time::advance(Duration::from_millis(100)).await;
+        h.store.open.send_replace(true);
+        let (mut tail, subscription, delivered) = held.await.unwrap();
+        assert!(
+            matches!(delivered, Ok(Delivered::UpToGap(at)) if at <= Instant::now()),
+            "read again at once"
+        );
+        let delivered = tail.deliver(false, &subscription).await;
+        assert!(matches!(delivered, Ok(Delivered::All)));
+        assert_eq!(next_seq(&mut messages).await, Some(1));
+        assert_eq!(next_seq(&mut messages).await, Some(2));
     }
 
     /// Gaps read at once are waited out together: each for at most the gap wait after it
@@ -915,6 +959,6 @@ mod tests {
         h.store.open.send_replace(true);
         assert!(matches!(deliver.await.unwrap(), Ok(Delivered::All)));
         assert_eq!(next_seq(&mut messages).await, Some(2));
-        assert_eq!(held.await.unwrap().unwrap().len(), 1);
+        assert_eq!(held.await.unwrap().unwrap().1.len(), 1);
     }
 }
