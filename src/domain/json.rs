@@ -85,8 +85,11 @@ fn check_entry(field: &str, key: &str, value: &Value, depth: usize) -> Result<()
     check_value(field, value, depth)
 }
 
+/// `depth` counts the objects and arrays around `value`; an object or array is one more
+/// level itself, even an empty one.
 fn check_value(field: &str, value: &Value, depth: usize) -> Result<(), ValidationError> {
-    if depth > MAX_DEPTH {
+    let container = matches!(value, Value::Object(_) | Value::Array(_));
+    if depth + usize::from(container) > MAX_DEPTH {
         return Err(ValidationError::new(
             field,
             format!("is nested deeper than {MAX_DEPTH} levels"),
@@ -257,6 +260,14 @@ mod tests {
         let nest = |levels: usize| (0..levels).fold(json!(1), |inner, _| json!({ "k": inner }));
         assert!(parse(nest(MAX_DEPTH)).is_ok());
         assert!(parse(nest(MAX_DEPTH + 1)).is_err());
+        // An empty object or array is a level too.
+        for innermost in [json!({}), json!([])] {
+            let ending = |levels: usize| {
+                (1..levels).fold(innermost.clone(), |inner, _| json!({ "k": inner }))
+            };
+            assert!(parse(ending(MAX_DEPTH)).is_ok());
+            assert!(parse(ending(MAX_DEPTH + 1)).is_err());
+        }
     }
 
     #[test]
