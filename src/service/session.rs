@@ -53,7 +53,7 @@ impl SessionListRequest {
         let mut metadata: Vec<String> = f
             .metadata
             .iter()
-            .map(|(k, v)| format!("{k}\u{0}{v}"))
+            .map(|(k, v)| format!("{}\u{0}{}", escaped(k), escaped(v)))
             .collect();
         metadata.sort_unstable();
         let millis = |t: Option<Timestamp>| t.map_or(String::new(), |t| t.millis().to_string());
@@ -66,6 +66,25 @@ impl SessionListRequest {
             &metadata.join("\u{1}"),
         ])
     }
+}
+
+/// `text` with the metadata scope's separators (NUL, U+0001) and the escape U+0002 each
+/// written as U+0002 and a letter, so that no two filters share a scope. Text without
+/// them, all that real filters hold, is unchanged: cursors issued before still match.
+fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\u{0}', '\u{1}', '\u{2}']) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        match c {
+            '\u{0}' => out.push_str("\u{2}a"),
+            '\u{1}' => out.push_str("\u{2}b"),
+            '\u{2}' => out.push_str("\u{2}c"),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 /// Creates, reads and closes sessions.
@@ -273,6 +292,38 @@ mod tests {
     use super::*;
     use crate::service::testing::{open_session, Sessions};
     use crate::store::MemoryStore;
+
+    fn listing(metadata: &[(&str, &str)]) -> SessionListRequest {
+        SessionListRequest {
+            order: Order::Asc,
+            limit: 1,
+            cursor: None,
+            filter: SessionFilter {
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..SessionFilter::default()
+            },
+        }
+    }
+
+    /// A filter value may hold the bytes that separate the metadata pairs in the scope;
+    /// two different filters must still not share one.
+    #[test]
+    fn metadata_filters_that_differ_never_share_a_cursor_scope() {
+        let pairs = listing(&[("a", "x"), ("b", "y")]);
+        for one in ["x\u{1}b\u{0}y", "x\u{2}b\u{0}y", "x\u{2}bb\u{0}y"] {
+            assert_ne!(listing(&[("a", one)]).scope(), pairs.scope(), "{one:?}");
+        }
+        assert_ne!(
+            listing(&[("a", "\u{2}a")]).scope(),
+            listing(&[("a", "\u{0}")]).scope()
+        );
+        // Filters without those bytes keep the scope that cursors were issued with.
+        let before = Cursor::scope_of(&["sessions", "", "", "", "", "a\u{0}x\u{1}b\u{0}y"]);
+        assert_eq!(pairs.scope(), before);
+    }
 
     /// An erasure held up past half its lease before deleting the events answers 503, since
     /// another erasure may take the id over and free it meanwhile; one on time answers 204.
