@@ -66,7 +66,7 @@ impl Timestamp {
         if let (Some((lower_field, _)), Some((upper_field, _)), Some(from), Some(to)) =
             (lower, upper, from, to)
         {
-            if from >= to {
+            if instant(from) >= instant(to) {
                 return Err(ValidationError::new(
                     upper_field,
                     format!("must be later than {lower_field}"),
@@ -79,6 +79,13 @@ impl Timestamp {
         };
         Ok((from.map(round_up), to.map(round_up)))
     }
+}
+
+/// Nanoseconds since the epoch, a leap second read as the next day's first second (chrono
+/// keeps it as 23:59:59 with more than a second of nanoseconds, which compares before
+/// midnight).
+fn instant(t: DateTime<FixedOffset>) -> i128 {
+    i128::from(t.timestamp()) * 1_000_000_000 + i128::from(t.nanosecond())
 }
 
 /// An RFC 3339 time in the years 0000 to 9999 UTC. A leap second is taken only where one
@@ -174,6 +181,9 @@ mod tests {
             ("2026-01-01T00:00:03.0005Z", "2026-01-01T00:00:03.0005Z"),
             ("2026-01-01T00:00:03.0006Z", "2026-01-01T00:00:03.0005Z"),
             ("2026-01-01T01:00:00+01:00", "2026-01-01T00:00:00Z"),
+            // A leap second is the next day's first second: these are reversed, and equal.
+            ("2016-12-31T23:59:60.5Z", "2017-01-01T00:00:00.2Z"),
+            ("2016-12-31T23:59:60Z", "2017-01-01T00:00:00Z"),
         ] {
             assert_eq!(range(from, to).unwrap_err().field, "to", "{from} {to}");
         }
