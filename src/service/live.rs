@@ -238,14 +238,18 @@ impl Tail {
                 () = self.sender.closed() => return,
                 () = stopped(&mut stop) => return,
             }
-            if close_unread && closed_since.is_none() {
+            if close_unread {
                 match self.sessions.get(&self.session).await {
-                    Ok(Some(now)) if !now.status.is_open() => {
-                        session = now;
-                        closed_since = Some(Instant::now());
-                    }
-                    // Erased: there is nothing left to follow.
+                    // Erased, or erased and created again: a session neither reopens nor
+                    // changes its start. What this stream followed is gone, and it ends
+                    // without the close, also during the close wait.
                     Ok(None) => return,
+                    Ok(Some(now)) if now.started_at != session.started_at => return,
+                    Ok(Some(now)) if now.status.is_open() && closed_since.is_some() => return,
+                    Ok(Some(now)) if !now.status.is_open() => {
+                        closed_since.get_or_insert_with(Instant::now);
+                        session = now;
+                    }
                     Ok(Some(_)) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "live stream could not read its session; retrying");
@@ -529,8 +533,9 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::domain::{EventId, EventType, FinalStatus, JsonObject};
+    use crate::domain::{EventId, EventType, FinalStatus, JsonObject, NewSession, SessionStatus};
     use crate::service::testing::{open_session, Sessions};
+    use crate::service::SessionService;
     use crate::store::{Inserted, MemoryStore};
 
     const GAP_WAIT: Duration = Duration::from_millis(500);
@@ -940,6 +945,61 @@ mod tests {
             !sessions.fail_next_get.load(Ordering::SeqCst),
             "the read failed"
         );
+    }
+
+    /// A session closed and then erased within the close wait: its streams end without
+    /// `session.closed`, as those of any erased session do.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_erased_during_the_close_wait_ends_its_streams_without_the_close() {
+        let h = Harness::new().await;
+        let service = SessionService::new(
+            Arc::clone(&h.memory) as _,
+            Arc::clone(&h.memory) as _,
+            Arc::clone(&h.feed),
+            Duration::ZERO,
+        );
+        let mut messages = h.live.tail(&h.session, 0).await.unwrap();
+        settle().await;
+        service
+            .complete(&h.session, FinalStatus::Completed)
+            .await
+            .unwrap();
+        settle().await;
+        service.erase(&h.session).await.unwrap();
+        let last = tokio::time::timeout(Duration::from_secs(30), messages.recv()).await;
+        assert_eq!(last, Ok(None), "the stream went on, or sent the close");
+    }
+
+    /// An instance that polls, or whose change notice came late, may see a session erased
+    /// and created again only as a session read: the stream of the old one ends, instead of
+    /// going on from its old seq in the new one.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_when_its_session_was_erased_and_created_again() {
+        let h = Harness::new().await;
+        h.store_event(1).await;
+        let mut messages = h.live.tail(&h.session, 0).await.unwrap();
+        assert_eq!(next_seq(&mut messages).await, Some(1));
+        // Another instance erases the session and creates it again: this one is not told.
+        let elsewhere = SessionService::new(
+            Arc::clone(&h.memory) as _,
+            Arc::clone(&h.memory) as _,
+            Arc::new(SessionFeed::default()),
+            Duration::ZERO,
+        );
+        elsewhere.erase(&h.session).await.unwrap();
+        let again = NewSession {
+            session_id: h.session.clone(),
+            language: None,
+            metadata: JsonObject::default(),
+            status: SessionStatus::Active,
+            started_at: Some(Timestamp::from_millis(1)),
+        };
+        h.memory.create(again, Timestamp::now()).await.unwrap();
+        h.store_event(1).await;
+        h.store_event(2).await;
+        h.feed.everything_changed();
+        let last = tokio::time::timeout(Duration::from_secs(30), messages.recv()).await;
+        assert_eq!(last, Ok(None), "the stream went on into the new session");
     }
 
     #[tokio::test(start_paused = true)]
