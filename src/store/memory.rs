@@ -230,18 +230,6 @@ impl EventRepository for MemoryStore {
         Ok(last.flatten())
     }
 
-    async fn insert(&self, event: &Event) -> Result<(), StoreError> {
-        match self
-            .insert_many(std::slice::from_ref(event))
-            .await?
-            .as_slice()
-        {
-            [Inserted::Stored] => Ok(()),
-            [Inserted::SeqTaken] => Err(StoreError::SeqTaken),
-            _ => Err(StoreError::Duplicate),
-        }
-    }
-
     async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError> {
         let Some(first) = events.first() else {
             return Ok(Vec::new());

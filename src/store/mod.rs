@@ -258,8 +258,21 @@ pub trait SessionRepository: Send + Sync {
 #[async_trait]
 pub trait EventRepository: Send + Sync {
     /// Stores the event, or fails with [`StoreError::Duplicate`] when its eventId is taken,
-    /// [`StoreError::SeqTaken`] when its seq is.
-    async fn insert(&self, event: &Event) -> Result<(), StoreError>;
+    /// [`StoreError::SeqTaken`] when its seq is. A bulk write of one: with MongoDB, the
+    /// driver's single insert keeps only the first write error of a reply, and drops a
+    /// write concern failure that came with a duplicate key, which must not pass for a
+    /// replay of an event that may not be on a majority yet.
+    async fn insert(&self, event: &Event) -> Result<(), StoreError> {
+        match self
+            .insert_many(std::slice::from_ref(event))
+            .await?
+            .as_slice()
+        {
+            [Inserted::Stored] => Ok(()),
+            [Inserted::SeqTaken] => Err(StoreError::SeqTaken),
+            _ => Err(StoreError::Duplicate),
+        }
+    }
 
     /// Stores what it can of `events` in one bulk write, and tells what became of each, in
     /// order. An eventId or seq taken by an earlier event of the same call counts as taken.

@@ -169,16 +169,15 @@ impl MongoStore {
             }));
         }
         options.app_name = Some(env!("CARGO_PKG_NAME").to_owned());
+        let write_concern = WriteConcern::builder()
+            .w(match config.write_acknowledgment {
+                WriteAcknowledgment::Majority => Acknowledgment::Majority,
+                WriteAcknowledgment::Nodes(n) => Acknowledgment::Nodes(n),
+            })
+            .journal(config.journal)
+            .build();
         options.server_selection_timeout = Some(config.timeout);
-        options.write_concern = Some(
-            WriteConcern::builder()
-                .w(match config.write_acknowledgment {
-                    WriteAcknowledgment::Majority => Acknowledgment::Majority,
-                    WriteAcknowledgment::Nodes(n) => Acknowledgment::Nodes(n),
-                })
-                .journal(config.journal)
-                .build(),
-        );
+        options.write_concern = Some(write_concern);
         options.retry_writes = Some(config.retry_writes);
         options.connect_timeout = Some(config.timeout);
         if config.max_pool_size.is_some() {
@@ -503,7 +502,7 @@ fn write_error(err: &MongoError) -> Option<(i32, &str)> {
 }
 
 /// A duplicate key on anything but the seq index, which must not pass for a replay (event
-/// inserts tell theirs apart in [`classify_event_insert`]).
+/// inserts tell theirs apart in [`taken_keys`]).
 fn is_duplicate_key(err: &MongoError) -> bool {
     write_error(err)
         .is_some_and(|(code, message)| code == DUPLICATE_KEY && !names_index(message, SEQ_INDEX))
@@ -532,14 +531,29 @@ fn taken_key(code: i32, message: &str) -> Option<Inserted> {
     }
 }
 
-/// As [`classify`], for an event insert: only a taken eventId or seq is an answer.
-fn classify_event_insert(err: MongoError) -> StoreError {
-    match write_error(&err).map(|(code, message)| (code, taken_key(code, message))) {
-        Some((_, Some(Inserted::EventIdTaken))) => StoreError::Duplicate,
-        Some((_, Some(_))) => StoreError::SeqTaken,
-        Some((DUPLICATE_KEY, None)) => StoreError::Backend(Box::new(err)),
-        _ => classify(err),
+/// `inserted` (every event stored) with the events a bulk insert's error says were refused
+/// for a taken eventId or seq marked so, when those are all it says. Any other write error,
+/// and a write concern failure, which leaves even the stored events unconfirmed, fail the
+/// whole insert.
+fn taken_keys(err: MongoError, mut inserted: Vec<Inserted>) -> Result<Vec<Inserted>, StoreError> {
+    let ErrorKind::InsertMany(InsertManyError {
+        write_errors: Some(errors),
+        write_concern_error: None,
+        ..
+    }) = err.kind.as_ref()
+    else {
+        return Err(classify(err));
+    };
+    for error in errors {
+        match (
+            taken_key(error.code, &error.message),
+            inserted.get_mut(error.index),
+        ) {
+            (Some(taken), Some(slot)) => *slot = taken,
+            _ => return Err(classify(err)),
+        }
     }
+    Ok(inserted)
 }
 
 /// Sorts a driver error into what the service layer can act on.
@@ -888,42 +902,17 @@ impl EventRepository for MongoStore {
         Ok(last.and_then(|d| d.get_i64("seq").ok()))
     }
 
-    async fn insert(&self, event: &Event) -> Result<(), StoreError> {
-        self.events
-            .insert_one(event_to_raw(event))
-            .await
-            .map_err(classify_event_insert)?;
-        Ok(())
-    }
-
     async fn insert_many(&self, events: &[Event]) -> Result<Vec<Inserted>, StoreError> {
-        let mut inserted = vec![Inserted::Stored; events.len()];
+        let inserted = vec![Inserted::Stored; events.len()];
         if events.is_empty() {
             return Ok(inserted);
         }
         let docs = events.iter().map(event_to_raw);
         // Unordered: every event is tried, and each taken key comes back with its index.
-        let Err(err) = self.events.insert_many(docs).ordered(false).await else {
-            return Ok(inserted);
-        };
-        let ErrorKind::InsertMany(InsertManyError {
-            write_errors: Some(errors),
-            write_concern_error: None,
-            ..
-        }) = err.kind.as_ref()
-        else {
-            return Err(classify(err));
-        };
-        for error in errors {
-            match (
-                taken_key(error.code, &error.message),
-                inserted.get_mut(error.index),
-            ) {
-                (Some(taken), Some(slot)) => *slot = taken,
-                _ => return Err(classify(err)),
-            }
+        match self.events.insert_many(docs).ordered(false).await {
+            Ok(_) => Ok(inserted),
+            Err(err) => taken_keys(err, inserted),
         }
-        Ok(inserted)
     }
 
     async fn delete_session_events(&self, session: &SessionId) -> Result<u64, StoreError> {
@@ -1162,8 +1151,8 @@ mod tests {
         assert!(event_from_raw(&raw).is_err());
     }
 
-    /// A primary stepping down fails a write's write concern; a batch must then get 503,
-    /// as a single append does, and not 500.
+    /// A primary stepping down fails a write's write concern: an insert must then get 503,
+    /// not 500, nor pass for a replay when the reply also names a taken eventId.
     #[test]
     fn a_failed_write_concern_is_transient_for_a_bulk_insert_as_for_one_insert() {
         let bulk = |code: i32| {
@@ -1177,6 +1166,24 @@ mod tests {
             assert!(matches!(bulk(code), StoreError::Unavailable(_)), "{code}");
         }
         assert!(matches!(bulk(100), StoreError::Backend(_)));
+        // A taken eventId is an answer, unless the reply also says the write concern failed:
+        // then nothing in it is confirmed, and the retry must not pass for a replay.
+        let reply = |concern: Option<i32>| {
+            let mut reply = doc! {"writeErrors": [{
+                "index": 0, "code": DUPLICATE_KEY,
+                "errmsg": format!("E11000 duplicate key error collection: t.events index: {EVENT_ID_INDEX} dup key: {{}}"),
+            }]};
+            if let Some(code) = concern {
+                reply.insert("writeConcernError", doc! {"code": code, "errmsg": "failed"});
+            }
+            let failure: InsertManyError = mongodb::bson::from_document(reply).unwrap();
+            taken_keys(
+                MongoError::from(ErrorKind::InsertMany(failure)),
+                vec![Inserted::Stored],
+            )
+        };
+        assert_eq!(reply(None).unwrap(), [Inserted::EventIdTaken]);
+        assert!(matches!(reply(Some(189)), Err(StoreError::Unavailable(_))));
     }
 
     #[test]
