@@ -347,9 +347,17 @@ impl EventService {
             .filter(|(_, outcome)| **outcome == Inserted::EventIdTaken)
             .map(|(e, _)| e.event_id.clone())
             .collect();
-        let stored = match clashes.is_empty() {
+        // Items left at a taken seq by a refused round may have been stored meanwhile by a
+        // duplicate of their own: they are looked up too, as after a refused reservation.
+        let unplaced = events
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, outcome)| refusal.is_some() && **outcome == Inserted::SeqTaken)
+            .map(|(e, _)| e.event_id.clone());
+        let lookup: Vec<EventId> = clashes.iter().cloned().chain(unplaced).collect();
+        let stored = match lookup.is_empty() {
             true => HashMap::new(),
-            false => self.stored_by_id(session, &clashes).await?,
+            false => self.stored_by_id(session, &lookup).await?,
         };
         if refusal.is_none() && clashes.iter().any(|id| !stored.contains_key(id)) {
             refusal = Some(Refusal::try_from(self.stored_event_missing(session).await)?);
@@ -370,10 +378,13 @@ impl EventService {
                             (None, None) => Err(vanished()),
                         }
                     }
-                    Some((_, Inserted::SeqTaken)) => match &refusal {
-                        Some(refused) => Ok(BatchItem::Refused(refused.clone())),
-                        None => Err(vanished()),
-                    },
+                    Some(((event, stamped), Inserted::SeqTaken)) => {
+                        match (stored.get(&event.event_id), &refusal) {
+                            (Some(s), Some(_)) => Ok(judged(&event.into_request(stamped), s)),
+                            (None, Some(refused)) => Ok(BatchItem::Refused(refused.clone())),
+                            (_, None) => Err(vanished()),
+                        }
+                    }
                     None => Err(vanished()),
                 },
             })
@@ -600,6 +611,9 @@ mod tests {
         Close,
         /// Erased, with its events, when a batch looks for the highest stored seq.
         EraseBeforeSecondRound,
+        /// When a batch looks for the highest stored seq, a duplicate of its item `a` is
+        /// stored, and the session closed.
+        DuplicateAndCloseBeforeSecondRound,
         /// Erased, with its events, when a replay reads the stored event.
         EraseBeforeRead,
         /// Erased, with its events, and created again, when a replay reads the stored event.
@@ -619,6 +633,7 @@ mod tests {
                     assert!(closed.await.unwrap().is_some());
                 }
                 Hook::EraseBeforeSecondRound
+                | Hook::DuplicateAndCloseBeforeSecondRound
                 | Hook::EraseBeforeRead
                 | Hook::RecreateBeforeRead
                 | Hook::LeftoverAhead => {}
@@ -666,6 +681,17 @@ mod tests {
         async fn last_seq(&self, s: &SessionId) -> Result<Option<i64>, StoreError> {
             if self.hook == Hook::EraseBeforeSecondRound {
                 self.erase(s).await;
+            }
+            if self.hook == Hook::DuplicateAndCloseBeforeSecondRound {
+                let slot = self.memory.reserve_seqs(s, 1, Timestamp::now()).await;
+                let slot = slot.unwrap().unwrap();
+                let duplicate =
+                    new_event("a").into_event(s.clone(), slot.first_seq, slot.received_at);
+                self.memory.insert(&duplicate).await.unwrap();
+                let closed = self
+                    .memory
+                    .close(s, FinalStatus::Completed, Timestamp::now());
+                assert!(closed.await.unwrap().is_some());
             }
             self.memory.last_seq(s).await
         }
@@ -766,6 +792,24 @@ mod tests {
                 "{item:?}"
             );
         }
+    }
+
+    /// An item whose seq a leftover held, stored meanwhile by a duplicate of its own before
+    /// the session closed: the batch's second round is refused, and the item is judged
+    /// against the stored event (200), as a single append's would be, not refused.
+    #[tokio::test]
+    async fn a_batch_item_stored_by_a_duplicate_before_a_close_between_rounds_is_a_replay() {
+        let memory = Arc::new(MemoryStore::default());
+        let session = open_session(&memory).await;
+        leave(&memory, &session, 1..=1).await;
+        let events = interfered(&memory, Hook::DuplicateAndCloseBeforeSecondRound);
+        let batch = vec![Ok(new_event("a")), Ok(new_event("b"))];
+        let items = events.append_batch(&session, batch).await.unwrap();
+        assert!(
+            matches!(&items[0], BatchItem::Existing(e) if e.event_id.as_str() == "a"),
+            "{items:?}"
+        );
+        assert!(matches!(&items[1], BatchItem::Created(_)), "{items:?}");
     }
 
     /// A retry whose stored event went with an erase between its insert and its read finds
