@@ -279,6 +279,9 @@ impl SessionService {
         let stored = self.get(id).await?;
         if stored.status == SessionStatus::from(status) {
             Ok(stored)
+        } else if stored.status.is_open() {
+            // There was no session to close, and one was created since.
+            Err(ServiceError::SessionNotFound(id.clone()))
         } else {
             Err(ServiceError::SessionClosed(Box::new(stored)))
         }
@@ -325,18 +328,41 @@ mod tests {
         assert_eq!(pairs.scope(), before);
     }
 
+    fn on(sessions: &Arc<Sessions>, memory: &Arc<MemoryStore>) -> SessionService {
+        SessionService::new(
+            Arc::clone(sessions) as _,
+            Arc::clone(memory) as _,
+            Arc::new(SessionFeed::default()),
+            Duration::ZERO,
+        )
+    }
+
+    /// A close that finds no session answers 404, also when the session is created before
+    /// the service reads it again: not 409 `session_closed` with an open session.
+    #[tokio::test]
+    async fn a_close_of_a_session_created_meanwhile_answers_404() {
+        let memory = Arc::new(MemoryStore::default());
+        let sessions = Arc::new(Sessions::new(&memory));
+        let service = on(&sessions, &memory);
+        sessions
+            .create_after_next_close
+            .store(true, Ordering::SeqCst);
+        let id = SessionId::parse("call-1").unwrap();
+        let closed = service.complete(&id, FinalStatus::Completed).await;
+        assert!(
+            matches!(closed, Err(ServiceError::SessionNotFound(_))),
+            "{closed:?}"
+        );
+        assert!(!sessions.create_after_next_close.load(Ordering::SeqCst));
+    }
+
     /// An erasure held up past half its lease before deleting the events answers 503, since
     /// another erasure may take the id over and free it meanwhile; one on time answers 204.
     #[tokio::test(start_paused = true)]
     async fn an_erasure_held_up_past_half_its_lease_answers_503() {
         let memory = Arc::new(MemoryStore::default());
         let sessions = Arc::new(Sessions::new(&memory));
-        let service = SessionService::new(
-            Arc::clone(&sessions) as _,
-            Arc::clone(&memory) as _,
-            Arc::new(SessionFeed::default()),
-            Duration::ZERO,
-        );
+        let service = on(&sessions, &memory);
         let id = open_session(&memory).await;
         sessions.stall_next_erase.store(true, Ordering::SeqCst);
         let late = service.erase(&id).await;

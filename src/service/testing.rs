@@ -36,6 +36,8 @@ pub struct Sessions {
     pub fail_next_get: AtomicBool,
     /// The next erasure's mark takes as long as a whole lease (on tokio's paused clock).
     pub stall_next_erase: AtomicBool,
+    /// The next close finds no session, and `open_session` creates it right after.
+    pub create_after_next_close: AtomicBool,
 }
 
 impl Sessions {
@@ -45,6 +47,7 @@ impl Sessions {
             miss_next_reservation: AtomicBool::new(false),
             fail_next_get: AtomicBool::new(false),
             stall_next_erase: AtomicBool::new(false),
+            create_after_next_close: AtomicBool::new(false),
         }
     }
 }
@@ -93,7 +96,11 @@ impl SessionRepository for Sessions {
         status: FinalStatus,
         now: Timestamp,
     ) -> Result<Option<Session>, StoreError> {
-        self.memory.close(id, status, now).await
+        let closed = self.memory.close(id, status, now).await;
+        if self.create_after_next_close.swap(false, Ordering::SeqCst) {
+            open_session(&self.memory).await;
+        }
+        closed
     }
     async fn raise_seq(&self, id: &SessionId, seq: i64) -> Result<(), StoreError> {
         self.memory.raise_seq(id, seq).await
