@@ -98,7 +98,9 @@ class Process:
     """A child process with its resource use read from /proc."""
 
     def __init__(self, cmd, env=None):
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Away from the checkout, whose .env (a developer's) would set the service up too.
+        self.proc = subprocess.Popen(cmd, env=env, cwd=tempfile.gettempdir(),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def cpu_seconds(self):
         with open(f"/proc/{self.proc.pid}/stat") as f:

@@ -22,8 +22,10 @@ trap cleanup EXIT
 secantusd-rs --host 127.0.0.1 --port "$DB_PORT" --storage-path "$DB_DIR" >/dev/null 2>&1 &
 DB_PID=$!
 wait_port "$DB_PORT"
-DB_URI="mongodb://127.0.0.1:$DB_PORT/?directConnection=true" DB_NAME=schemathesis PORT="$APP_PORT" \
-    RUST_LOG=warn ./target/debug/conversation-sessions >/dev/null 2>&1 &
+# Started away from the checkout, whose .env (a developer's) would set it up too.
+BIN="$PWD/target/debug/conversation-sessions"
+(cd "$DB_DIR" && DB_URI="mongodb://127.0.0.1:$DB_PORT/?directConnection=true" DB_NAME=schemathesis \
+    PORT="$APP_PORT" RUST_LOG=warn exec "$BIN") >/dev/null 2>&1 &
 APP_PID=$!
 wait_port "$APP_PORT"
 

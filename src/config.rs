@@ -83,7 +83,12 @@ pub struct ConfigError {
 impl Config {
     /// Reads settings through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        // Spaces around a value are not part of it.
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         // A number from `min` to `max`, the default when unset.
         let number = |name: &'static str, default: u64, min: u64, max: u64| {
             within(parse_or(name, get(name), default)?, min..=max, name)
@@ -137,7 +142,8 @@ impl Config {
         };
         Ok(Self {
             host: get("HOST").unwrap_or_else(|| "127.0.0.1".to_owned()),
-            port: parse_or("PORT", get("PORT"), DEFAULT_PORT)?,
+            port: number("PORT", DEFAULT_PORT.into(), 0, u16::MAX.into())
+                .map(|n| u16::try_from(n).unwrap_or(u16::MAX))?,
             mongo,
             body_limit_bytes: number("BODY_LIMIT_BYTES", DEFAULT_BODY_LIMIT, 1, u64::MAX)
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX))?,
@@ -232,14 +238,26 @@ fn erase_settle(mongo: Option<&MongoConfig>) -> Duration {
     })
 }
 
-/// An absolute path into an existing directory other than `/`: a key that looks like that
-/// is a key file's path with a typo in it, or a file not mounted.
+/// A value that reads as a key file's path: one starting `./`, `../` or `~/` (no hex or
+/// base64 key does), or an absolute path of two or more parts whose top directory exists
+/// (`/run/secrets/keys` where `/run` does), though the file, or a directory on the way
+/// to it, is missing. Taken as a key, a mistyped or unmounted path would guard the API
+/// with a guessable key.
 fn names_a_missing_file(path: &std::path::Path) -> bool {
-    path.is_absolute()
-        && !path.to_string_lossy().contains(',')
-        && path
-            .parent()
-            .is_some_and(|dir| dir.parent().is_some() && dir.is_dir())
+    use std::path::Component;
+    let text = path.to_string_lossy();
+    if text.contains(',') {
+        return false;
+    }
+    if ["./", "../", "~/"].iter().any(|p| text.starts_with(p)) {
+        return true;
+    }
+    match path.components().collect::<Vec<_>>().as_slice() {
+        [Component::RootDir, Component::Normal(top), _, ..] => {
+            std::path::Path::new("/").join(top).is_dir()
+        }
+        _ => false,
+    }
 }
 
 fn within(
@@ -396,6 +414,19 @@ mod tests {
         let missing = std::env::temp_dir().join(format!("no-keys-{}", std::process::id()));
         let err = config(&[("API_KEYS", missing.to_str().unwrap())]).unwrap_err();
         assert!(err.to_string().contains("which is not there"), "{err}");
+        // A path whose directory is missing too (a secret not mounted), or a relative one.
+        let unmounted = std::env::temp_dir().join(format!("no-dir-{}/keys", std::process::id()));
+        for path in [
+            unmounted.to_str().unwrap(),
+            "./api-keys.txt",
+            "../keys/api-keys",
+        ] {
+            let err = config(&[("API_KEYS", path)]).unwrap_err();
+            assert!(
+                err.to_string().contains("which is not there"),
+                "{path}: {err}"
+            );
+        }
         // A key may start with a slash (base64 does): only a path into a directory is one.
         let key = "/q9Xy+Zk/2mWc0B7vLp4R";
         assert_eq!(
@@ -442,6 +473,19 @@ mod tests {
             let err = config(&[(name, value)]).unwrap_err();
             assert!(err.to_string().starts_with(name), "{err}");
         }
+        let err = config(&[("PORT", "70000")]).unwrap_err();
+        assert!(err.to_string().ends_with("must be at most 65535"), "{err}");
+        // Spaces around a value are not part of it, for words as for numbers.
+        let spaced = config(&[
+            ("HOST", " 0.0.0.0 "),
+            ("LOG_FORMAT", " json"),
+            ("PORT", "80 "),
+        ]);
+        let spaced = spaced.unwrap();
+        assert_eq!(
+            (spaced.host.as_str(), spaced.log_format, spaced.port),
+            ("0.0.0.0", LogFormat::Json, 80)
+        );
         let uri = ("DB_URI", "mongodb://db");
         for (name, value) in [
             ("DB_URI", "not-a-uri"),

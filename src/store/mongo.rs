@@ -176,6 +176,7 @@ impl MongoStore {
             })
             .journal(config.journal)
             .build();
+        warn_of_replaced_uri_options(&options, &write_concern, config);
         options.server_selection_timeout = Some(config.timeout);
         options.write_concern = Some(write_concern);
         options.retry_writes = Some(config.retry_writes);
@@ -554,6 +555,52 @@ fn taken_keys(err: MongoError, mut inserted: Vec<Inserted>) -> Result<Vec<Insert
         }
     }
     Ok(inserted)
+}
+
+/// The service sets the write concern, retryable writes and the timeouts from its own
+/// settings, whatever `DB_URI` says; a URI option that these replace with another value
+/// is named in a warning, so that it is not taken to be in force.
+fn warn_of_replaced_uri_options(
+    uri: &ClientOptions,
+    write_concern: &WriteConcern,
+    config: &MongoConfig,
+) {
+    let uri_concern = uri.write_concern.as_ref();
+    let replaced = [
+        (
+            "w",
+            "DB_WRITE_CONCERN",
+            uri_concern
+                .and_then(|c| c.w.as_ref())
+                .is_some_and(|w| Some(w) != write_concern.w.as_ref()),
+        ),
+        (
+            "journal",
+            "DB_JOURNAL",
+            uri_concern
+                .and_then(|c| c.journal)
+                .is_some_and(|j| Some(j) != write_concern.journal),
+        ),
+        (
+            "retryWrites",
+            "DB_RETRY_WRITES",
+            uri.retry_writes.is_some_and(|r| r != config.retry_writes),
+        ),
+        (
+            "serverSelectionTimeoutMS",
+            "DB_TIMEOUT_MS",
+            uri.server_selection_timeout
+                .is_some_and(|t| t != config.timeout),
+        ),
+        (
+            "connectTimeoutMS",
+            "DB_TIMEOUT_MS",
+            uri.connect_timeout.is_some_and(|t| t != config.timeout),
+        ),
+    ];
+    for (option, setting) in replaced.iter().filter(|r| r.2).map(|r| (r.0, r.1)) {
+        tracing::warn!("DB_URI sets {option}, which {setting} replaces; set {setting} instead");
+    }
 }
 
 /// Sorts a driver error into what the service layer can act on.

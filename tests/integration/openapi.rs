@@ -114,6 +114,7 @@ async fn the_readme_documents_every_route_and_setting() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_conversation-sessions"))
         .arg("--help")
+        .current_dir(std::env::temp_dir())
         .env_clear()
         .output()
         .unwrap();

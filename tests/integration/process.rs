@@ -9,8 +9,16 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_conversation-sessions");
 
+/// The binary, run away from the checkout: a developer's `.env` there (or in a parent)
+/// would otherwise set the tests' services up too.
+fn service_command() -> Command {
+    let mut command = Command::new(BIN);
+    command.current_dir(std::env::temp_dir());
+    command
+}
+
 fn run(args: &[&str]) -> String {
-    let output = Command::new(BIN).args(args).env_clear().output().unwrap();
+    let output = service_command().args(args).env_clear().output().unwrap();
     assert!(output.status.success(), "{args:?} failed");
     String::from_utf8(output.stdout).unwrap()
 }
@@ -54,7 +62,7 @@ fn help_lists_every_setting_with_its_environment_variable() {
 
 #[test]
 fn a_bad_setting_stops_startup_with_its_name() {
-    let output = Command::new(BIN)
+    let output = service_command()
         .args(["--port", "web"])
         .env_clear()
         .output()
@@ -65,7 +73,7 @@ fn a_bad_setting_stops_startup_with_its_name() {
 
 #[test]
 fn help_shows_neither_the_keys_nor_the_connection_string() {
-    let output = Command::new(BIN)
+    let output = service_command()
         .arg("--help")
         .env_clear()
         .env("DB_URI", "mongodb://admin:Sup3rS3cret@db.example:27017/x")
@@ -91,7 +99,7 @@ fn a_malformed_env_file_stops_startup() {
     )
     .unwrap();
     // Were the line skipped, the service would start and serve: give it 10 s to exit.
-    let mut child = Command::new(BIN)
+    let mut child = service_command()
         .current_dir(&dir)
         .env_clear()
         .stdout(Stdio::null())
@@ -161,7 +169,7 @@ impl Service {
 
     /// Started, and maybe still starting up.
     fn spawn(extra_env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BIN);
+        let mut command = service_command();
         command
             .env_clear()
             .envs([
@@ -392,6 +400,47 @@ async fn a_server_error_logs_its_cause_chain_once_and_tells_the_client_nothing()
 mod mongo {
     use super::*;
     use crate::outage::OwnServer;
+
+    /// The write concern, retryable writes and timeouts come from the service's settings;
+    /// a URI that asks for others is told so at startup, and options they leave alone are
+    /// not named.
+    #[test]
+    fn uri_options_that_the_settings_replace_are_named_at_startup() {
+        let uri = format!(
+            "{}&retryWrites=false&w=1&journal=true&appName=x",
+            crate::helpers::mongo_uri()
+        );
+        let db_name = format!("uri_{}", uuid::Uuid::new_v4().simple());
+        let service = Service::start(&[("DB_URI", uri.as_str()), ("DB_NAME", db_name.as_str())]);
+        let warnings: Vec<&str> = service
+            .startup
+            .iter()
+            .filter(|l| l["level"] == "WARN")
+            .filter_map(|l| l["fields"]["message"].as_str())
+            .filter(|m| m.starts_with("DB_URI sets"))
+            .collect();
+        assert_eq!(
+            warnings,
+            [
+                "DB_URI sets w, which DB_WRITE_CONCERN replaces; set DB_WRITE_CONCERN instead",
+                "DB_URI sets retryWrites, which DB_RETRY_WRITES replaces; set DB_RETRY_WRITES instead",
+            ],
+            "{:?}",
+            service.startup
+        );
+        let matching = Service::start(&[
+            ("DB_URI", uri.as_str()),
+            ("DB_NAME", db_name.as_str()),
+            ("DB_RETRY_WRITES", "false"),
+            ("DB_WRITE_CONCERN", "1"),
+        ]);
+        let named = matching.startup.iter().any(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("DB_URI sets"))
+        });
+        assert!(!named, "{:?}", matching.startup);
+    }
 
     /// A database that stops answering holds up neither the end of the grace nor the exit:
     /// requests still in progress are dropped when the grace runs out, and closing the
