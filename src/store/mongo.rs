@@ -796,8 +796,12 @@ impl SessionRepository for MongoStore {
                 {"eraseSince": {"$lt": expired}},
             ],
         };
+        // The mark takes `closedAt` away: the retention TTL index must not delete a session
+        // an erasure holds, which would free its id to a create whose events the erasure's
+        // `deleteMany` would then take with the old ones.
         let mark = doc! {
             "$set": {"erasing": true, "eraseLease": &lease, "eraseSince": bson_time(now)},
+            "$unset": {"closedAt": ""},
             "$setOnInsert": {
                 "status": SessionStatus::Failed.as_str(),
                 "language": Bson::Null,

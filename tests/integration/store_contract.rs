@@ -698,6 +698,40 @@ mod erasure {
     pub mod mongo {
         use super::super::*;
 
+        /// A session an erasure holds cannot expire under it: the mark removes `closedAt`,
+        /// the field of the retention TTL index, which would otherwise free the id to a
+        /// create while the erasure still deletes events by session id.
+        #[tokio::test]
+        async fn a_held_session_leaves_the_retention_index() {
+            let config = fresh_mongo_config();
+            let store = MongoStore::connect(&config).await.unwrap();
+            let raw = mongodb::Client::with_uri_str(&config.uri)
+                .await
+                .unwrap()
+                .database(config.db_name.as_deref().unwrap())
+                .collection::<mongodb::bson::Document>("sessions");
+            store
+                .create(new_session("old", "x"), Timestamp::from_millis(1))
+                .await
+                .unwrap();
+            let old = sid("old");
+            let closed = store.close(&old, FinalStatus::Completed, Timestamp::now());
+            assert!(closed.await.unwrap().is_some());
+            let stored = |id: &'static str| {
+                let raw = raw.clone();
+                async move {
+                    raw.find_one(mongodb::bson::doc! {"_id": id})
+                        .await
+                        .unwrap()
+                        .unwrap()
+                }
+            };
+            assert!(stored("old").await.contains_key("closedAt"));
+            let (existed, _) = hold(&store, "old").await;
+            assert!(existed);
+            assert!(!stored("old").await.contains_key("closedAt"));
+        }
+
         /// An erasure that stopped midway (its instance died, or the database failed a step)
         /// holds its id only until its lease runs out. Then a repeated erasure takes the id
         /// over and finishes it; the stopped one, should it finish late, cannot free the id
