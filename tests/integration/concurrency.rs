@@ -4,7 +4,7 @@ use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{on_both_stores, TestApp};
+use crate::helpers::{on_both_stores, parts, TestApp};
 
 on_both_stores!(
     concurrent_identical_creates_give_one_201_and_200_for_the_rest,
@@ -162,12 +162,17 @@ async fn creates_racing_erasures_of_the_id_get_no_server_error(app: TestApp) {
             let (create, erase) = (Arc::clone(&app), Arc::clone(&app));
             let (a, b) = (id.clone(), id.clone());
             [
-                tokio::spawn(
-                    async move { create.post("/sessions", &json!({"sessionId": a})).await.0 },
-                ),
+                tokio::spawn(async move {
+                    let (status, body) = create.post("/sessions", &json!({"sessionId": a})).await;
+                    retry_later_if_unavailable(status, &body);
+                    status
+                }),
                 tokio::spawn(async move {
                     let url = erase.url(&format!("/sessions/{b}"));
-                    erase.client.delete(url).send().await.unwrap().status()
+                    let (status, body) =
+                        parts(erase.client.delete(url).send().await.unwrap()).await;
+                    retry_later_if_unavailable(status, &body);
+                    status
                 }),
             ]
         });
@@ -183,6 +188,13 @@ async fn creates_racing_erasures_of_the_id_get_no_server_error(app: TestApp) {
         let id = format!("churn-{round}");
         let (status, _) = app.post("/sessions", &json!({"sessionId": id})).await;
         assert!(status.is_success(), "{id}: {status}");
+    }
+}
+
+/// A 503 here is the erasure's own answer, `unavailable`, which tells the client to retry.
+fn retry_later_if_unavailable(status: StatusCode, body: &Value) {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
     }
 }
 

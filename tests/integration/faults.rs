@@ -54,7 +54,8 @@ fn load(
         .collect()
 }
 
-/// Retries every event that got no 2xx until it does, then checks the stored list.
+/// Sends every event again: one that got a 2xx must come back as a replay (200), since it
+/// is stored; one that did not is sent until it gets a 2xx. Then checks the stored list.
 async fn settle(base: &str, session: &str, outcomes: &Outcomes) -> (usize, usize) {
     let http = reqwest::Client::new();
     let snapshot: Vec<(String, bool)> = outcomes
@@ -65,7 +66,7 @@ async fn settle(base: &str, session: &str, outcomes: &Outcomes) -> (usize, usize
         .collect();
     let retried = snapshot.iter().filter(|(_, acked)| !acked).count();
     let deadline = Instant::now() + Duration::from_secs(60);
-    for (id, _) in &snapshot {
+    for (id, acked) in &snapshot {
         let n: u64 = id.rsplit('-').next().unwrap().parse::<u64>().unwrap() + 1;
         let body = json!({"eventId": id, "type": "system", "payload": {"n": n}});
         loop {
@@ -75,7 +76,13 @@ async fn settle(base: &str, session: &str, outcomes: &Outcomes) -> (usize, usize
                 .send()
                 .await;
             match sent.map(|r| r.status()) {
-                Ok(s) if s.is_success() => break,
+                Ok(s) if s.is_success() => {
+                    assert!(
+                        !acked || s == 200,
+                        "{id} was acknowledged, yet stored anew: {s}"
+                    );
+                    break;
+                }
                 Ok(s) => assert!(s.as_u16() == 503, "{id}: {s}"),
                 Err(_) => {}
             }

@@ -237,14 +237,17 @@ async fn a_closed_session_replays_after_the_position_and_ends(app: TestApp) {
     let path = format!("/sessions/l3/events/stream?afterSeq={}", seqs[1]);
     let mut stream = SseStream::open(&app, &path, None).await;
     let mut got = Vec::new();
+    let mut closed = None;
     while let Some(message) = stream.next(SOON).await {
         if message.event == "session.closed" {
-            assert_eq!(message.data["status"], "completed");
+            closed = Some(message.data);
             break;
         }
         got.push(message.id.unwrap());
     }
     assert_eq!(got, seqs[2..]);
+    let closed = closed.expect("the stream ended without session.closed");
+    assert_eq!(closed["status"], "completed");
     assert!(stream.ended(SOON).await);
     // Last-Event-ID wins over afterSeq, as a reconnecting browser sends it.
     let mut resumed = SseStream::open(&app, &path, Some(seqs[2])).await;
@@ -479,8 +482,9 @@ mod standalone {
         use super::super::*;
         use crate::outage::OwnServer;
 
-        /// On a standalone server, which offers no change streams, streams poll the store:
-        /// an event posted through another instance still arrives within a second.
+        /// On a standalone server, which offers no change streams, streams poll the store
+        /// every 500 ms: an event posted through another instance still arrives within two
+        /// seconds (a tick, plus room for a loaded machine).
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn without_change_streams_delivery_across_instances_polls() {
             let server = OwnServer::start_with(&["--standalone"]);
@@ -504,7 +508,7 @@ mod standalone {
                 let message = stream.next(SOON).await.expect("delivered by polling");
                 assert_eq!(message.data, event);
                 assert!(
-                    posted_at.elapsed() < Duration::from_secs(1),
+                    posted_at.elapsed() < Duration::from_secs(2),
                     "took {:?}",
                     posted_at.elapsed()
                 );

@@ -44,7 +44,9 @@ async fn metrics_count_requests_events_store_calls_and_streams(app: TestApp) {
     let mut conflicting = event.clone();
     conflicting["payload"] = json!({"other": 1});
     app.post("/sessions/m1/events", &conflicting).await;
-    let _stream = SseStream::open(&app, "/sessions/m1/events/stream", None).await;
+    // On a session that stays open: a closed one's stream ends half a second after.
+    app.create_session("m1-live").await;
+    let _stream = SseStream::open(&app, "/sessions/m1-live/events/stream", None).await;
     app.complete("m1").await;
     app.post(
         "/sessions/m1/events",
@@ -68,7 +70,7 @@ async fn metrics_count_requests_events_store_calls_and_streams(app: TestApp) {
         .starts_with("text/plain"));
     let text = response.text().await.unwrap();
     for line in [
-        r#"http_requests_total{method="POST",route="/sessions",status="201"} 1"#,
+        r#"http_requests_total{method="POST",route="/sessions",status="201"} 2"#,
         r#"http_requests_total{method="POST",route="/sessions/{session_id}/events",status="409"} 2"#,
         r#"events_total{outcome="accepted"} 1"#,
         r#"events_total{outcome="replayed"} 1"#,

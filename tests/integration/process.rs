@@ -339,11 +339,15 @@ async fn sigterm_lets_an_in_flight_request_finish_and_refuses_new_connections() 
     stream.write_all(&body.as_bytes()[..10]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     service.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        tokio::net::TcpStream::connect(&address).await.is_err(),
-        "a new connection was accepted after SIGTERM"
-    );
+    // The listener closes soon after the signal; a loaded machine may take a moment.
+    let signalled = Instant::now();
+    while tokio::net::TcpStream::connect(&address).await.is_ok() {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(3),
+            "new connections were still accepted 3 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stream.write_all(&body.as_bytes()[10..]).await.unwrap();
     let mut reply = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
@@ -475,8 +479,10 @@ mod mongo {
             dropped_after >= Duration::from_millis(1900),
             "the request was dropped {dropped_after:?} after the signal, before the 2 s grace"
         );
+        // Well before the database timeout would have answered it (about 4.7 s), with room
+        // for a loaded machine.
         assert!(
-            dropped_after < Duration::from_millis(2600),
+            dropped_after < Duration::from_millis(3500),
             "the request was dropped {dropped_after:?} after the signal, not at the end of \
              the 2 s grace"
         );

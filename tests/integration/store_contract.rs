@@ -698,11 +698,9 @@ mod erasure {
     pub mod mongo {
         use super::super::*;
 
-        /// A session an erasure holds cannot expire under it: the mark removes `closedAt`,
-        /// the field of the retention TTL index, which would otherwise free the id to a
-        /// create while the erasure still deletes events by session id.
-        #[tokio::test]
-        async fn a_held_session_leaves_the_retention_index() {
+        /// A store on a fresh database, and that database's sessions as raw documents.
+        async fn store_and_raw_sessions(
+        ) -> (MongoStore, mongodb::Collection<mongodb::bson::Document>) {
             let config = fresh_mongo_config();
             let store = MongoStore::connect(&config).await.unwrap();
             let raw = mongodb::Client::with_uri_str(&config.uri)
@@ -710,6 +708,15 @@ mod erasure {
                 .unwrap()
                 .database(config.db_name.as_deref().unwrap())
                 .collection::<mongodb::bson::Document>("sessions");
+            (store, raw)
+        }
+
+        /// A session an erasure holds cannot expire under it: the mark removes `closedAt`,
+        /// the field of the retention TTL index, which would otherwise free the id to a
+        /// create while the erasure still deletes events by session id.
+        #[tokio::test]
+        async fn a_held_session_leaves_the_retention_index() {
+            let (store, raw) = store_and_raw_sessions().await;
             store
                 .create(new_session("old", "x"), Timestamp::from_millis(1))
                 .await
@@ -738,13 +745,7 @@ mod erasure {
         /// under it.
         #[tokio::test]
         async fn a_stopped_erasure_is_taken_over_after_its_lease() {
-            let config = fresh_mongo_config();
-            let store = MongoStore::connect(&config).await.unwrap();
-            let raw = mongodb::Client::with_uri_str(&config.uri)
-                .await
-                .unwrap()
-                .database(config.db_name.as_deref().unwrap())
-                .collection::<mongodb::bson::Document>("sessions");
+            let (store, raw) = store_and_raw_sessions().await;
             let lease_ran_out = |id: &'static str| {
                 let raw = raw.clone();
                 async move {

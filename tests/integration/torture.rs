@@ -116,6 +116,15 @@ async fn worker(
                 }
             }
             85..=99 if Instant::now() < close_from => {
+                // Every event acknowledged before the walk starts must be in it.
+                let acked: Vec<String> = log
+                    .lock()
+                    .unwrap()
+                    .created
+                    .keys()
+                    .filter(|(s, _)| *s == session)
+                    .map(|(_, id)| id.clone())
+                    .collect();
                 let walked = walk(&app, &session).await;
                 let mut log = log.lock().unwrap();
                 log.count("page walk");
@@ -128,6 +137,13 @@ async fn worker(
                         if ids.len() != events.len() {
                             log.violations
                                 .push(format!("walk of {session} repeated an event"));
+                        }
+                        let missed = acked.iter().filter(|id| !ids.contains(id.as_str()));
+                        if let Some(id) = missed.clone().next() {
+                            log.violations.push(format!(
+                                "walk of {session} missed {} acknowledged events, {id} among them",
+                                missed.count()
+                            ));
                         }
                         let ordered = events.windows(2).all(|w| {
                             (w[0]["timestamp"].as_str(), w[0]["seq"].as_i64())
