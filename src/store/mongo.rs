@@ -168,13 +168,16 @@ impl MongoStore {
                 }
             }));
         }
-        options.app_name = Some(env!("CARGO_PKG_NAME").to_owned());
+        if options.app_name.is_none() {
+            options.app_name = Some(env!("CARGO_PKG_NAME").to_owned());
+        }
         let write_concern = WriteConcern::builder()
             .w(match config.write_acknowledgment {
                 WriteAcknowledgment::Majority => Acknowledgment::Majority,
                 WriteAcknowledgment::Nodes(n) => Acknowledgment::Nodes(n),
             })
             .journal(config.journal)
+            .w_timeout(options.write_concern.as_ref().and_then(|c| c.w_timeout))
             .build();
         warn_of_replaced_uri_options(&options, &write_concern, config);
         options.server_selection_timeout = Some(config.timeout);
@@ -796,12 +799,18 @@ impl SessionRepository for MongoStore {
                 {"eraseSince": {"$lt": expired}},
             ],
         };
-        // The mark takes `closedAt` away: the retention TTL index must not delete a session
-        // an erasure holds, which would free its id to a create whose events the erasure's
-        // `deleteMany` would then take with the old ones.
+        // The mark restarts the retention clock (`closedAt`, the TTL index's field): the
+        // index must not delete a session an erasure holds, which would free its id to a
+        // create whose events the erasure's `deleteMany` would then take with the old ones.
+        // A retention is at least a day, an erasure's lease a minute; a session whose
+        // erasure failed still expires, a retention after the mark.
         let mark = doc! {
-            "$set": {"erasing": true, "eraseLease": &lease, "eraseSince": bson_time(now)},
-            "$unset": {"closedAt": ""},
+            "$set": {
+                "erasing": true,
+                "eraseLease": &lease,
+                "eraseSince": bson_time(now),
+                "closedAt": bson_time(now),
+            },
             "$setOnInsert": {
                 "status": SessionStatus::Failed.as_str(),
                 "language": Bson::Null,

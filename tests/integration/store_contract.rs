@@ -711,18 +711,19 @@ mod erasure {
             (store, raw)
         }
 
-        /// A session an erasure holds cannot expire under it: the mark removes `closedAt`,
+        /// A session an erasure holds cannot expire under it: the mark restarts `closedAt`,
         /// the field of the retention TTL index, which would otherwise free the id to a
         /// create while the erasure still deletes events by session id.
         #[tokio::test]
-        async fn a_held_session_leaves_the_retention_index() {
+        async fn a_held_session_does_not_expire_during_its_erasure() {
             let (store, raw) = store_and_raw_sessions().await;
             store
                 .create(new_session("old", "x"), Timestamp::from_millis(1))
                 .await
                 .unwrap();
             let old = sid("old");
-            let closed = store.close(&old, FinalStatus::Completed, Timestamp::now());
+            let long_ago = Timestamp::from_millis(1_000);
+            let closed = store.close(&old, FinalStatus::Completed, long_ago);
             assert!(closed.await.unwrap().is_some());
             let stored = |id: &'static str| {
                 let raw = raw.clone();
@@ -733,10 +734,14 @@ mod erasure {
                         .unwrap()
                 }
             };
-            assert!(stored("old").await.contains_key("closedAt"));
+            let closed_at = |doc: mongodb::bson::Document| {
+                doc.get_datetime("closedAt").unwrap().timestamp_millis()
+            };
+            assert_eq!(closed_at(stored("old").await), long_ago.millis());
+            let marked_from = Timestamp::now();
             let (existed, _) = hold(&store, "old").await;
             assert!(existed);
-            assert!(!stored("old").await.contains_key("closedAt"));
+            assert!(closed_at(stored("old").await) >= marked_from.millis());
         }
 
         /// An erasure that stopped midway (its instance died, or the database failed a step)
