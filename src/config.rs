@@ -203,7 +203,15 @@ fn api_keys(raw: &str) -> Result<Vec<String>, ConfigError> {
         // Taken as a key, a mistyped path would guard the API with a guessable key.
         return Err(ConfigError {
             name: "API_KEYS",
-            message: format!("names the key file {}, which is not there", path.display()),
+            message: format!(
+                "names the key file {}, which is not there{}",
+                path.display(),
+                if raw.trim().starts_with("~/") {
+                    " (a leading ~ is not expanded: give the whole path)"
+                } else {
+                    ""
+                }
+            ),
         });
     } else {
         raw.to_owned()
