@@ -341,25 +341,20 @@ impl EventService {
                 (events[i], inserted[i]) = (event, outcome);
             }
         }
-        let clashes: Vec<EventId> = events
+        // The items this request did not store: taken eventIds and, after a refused round,
+        // items left at a taken seq, which a duplicate of their own may have stored
+        // meanwhile (with no refusal, the rounds leave none there). One lookup for all.
+        let unstored: Vec<EventId> = events
             .iter()
             .zip(&inserted)
-            .filter(|(_, outcome)| **outcome == Inserted::EventIdTaken)
+            .filter(|(_, outcome)| **outcome != Inserted::Stored)
             .map(|(e, _)| e.event_id.clone())
             .collect();
-        // Items left at a taken seq by a refused round may have been stored meanwhile by a
-        // duplicate of their own: they are looked up too, as after a refused reservation.
-        let unplaced = events
-            .iter()
-            .zip(&inserted)
-            .filter(|(_, outcome)| refusal.is_some() && **outcome == Inserted::SeqTaken)
-            .map(|(e, _)| e.event_id.clone());
-        let lookup: Vec<EventId> = clashes.iter().cloned().chain(unplaced).collect();
-        let stored = match lookup.is_empty() {
+        let stored = match unstored.is_empty() {
             true => HashMap::new(),
-            false => self.stored_by_id(session, &lookup).await?,
+            false => self.stored_by_id(session, &unstored).await?,
         };
-        if refusal.is_none() && clashes.iter().any(|id| !stored.contains_key(id)) {
+        if refusal.is_none() && unstored.iter().any(|id| !stored.contains_key(id)) {
             refusal = Some(Refusal::try_from(self.stored_event_missing(session).await)?);
         }
         let mut accepted = events.into_iter().zip(stamped).zip(inserted);
@@ -369,20 +364,14 @@ impl EventService {
                 Err(invalid) => Ok(BatchItem::Invalid(invalid)),
                 Ok(()) => match accepted.next() {
                     Some(((event, _), Inserted::Stored)) => Ok(BatchItem::Created(event)),
-                    Some(((event, stamped), Inserted::EventIdTaken)) => {
+                    Some(((event, stamped), Inserted::EventIdTaken | Inserted::SeqTaken)) => {
                         let new = event.into_request(stamped);
                         match (stored.get(&new.event_id), &refusal) {
                             (Some(s), _) => Ok(judged(&new, s)),
-                            // Erased since the insert, with the session's events.
+                            // Erased since the insert, with the session's events; or left
+                            // at a taken seq when the session closed or went.
                             (None, Some(refused)) => Ok(BatchItem::Refused(refused.clone())),
                             (None, None) => Err(vanished()),
-                        }
-                    }
-                    Some(((event, stamped), Inserted::SeqTaken)) => {
-                        match (stored.get(&event.event_id), &refusal) {
-                            (Some(s), Some(_)) => Ok(judged(&event.into_request(stamped), s)),
-                            (None, Some(refused)) => Ok(BatchItem::Refused(refused.clone())),
-                            (_, None) => Err(vanished()),
                         }
                     }
                     None => Err(vanished()),

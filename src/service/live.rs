@@ -621,6 +621,16 @@ mod tests {
             }
         }
 
+        /// The session service on this store, telling `feed` of closes and erasures.
+        fn sessions(&self, feed: Arc<SessionFeed>) -> SessionService {
+            SessionService::new(
+                Arc::clone(&self.memory) as _,
+                Arc::clone(&self.memory) as _,
+                feed,
+                Duration::ZERO,
+            )
+        }
+
         fn reads(&self) -> usize {
             self.store.reads.load(Ordering::SeqCst)
         }
@@ -952,12 +962,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_session_erased_during_the_close_wait_ends_its_streams_without_the_close() {
         let h = Harness::new().await;
-        let service = SessionService::new(
-            Arc::clone(&h.memory) as _,
-            Arc::clone(&h.memory) as _,
-            Arc::clone(&h.feed),
-            Duration::ZERO,
-        );
+        let service = h.sessions(Arc::clone(&h.feed));
         let mut messages = h.live.tail(&h.session, 0).await.unwrap();
         settle().await;
         service
@@ -980,12 +985,7 @@ mod tests {
         let mut messages = h.live.tail(&h.session, 0).await.unwrap();
         assert_eq!(next_seq(&mut messages).await, Some(1));
         // Another instance erases the session and creates it again: this one is not told.
-        let elsewhere = SessionService::new(
-            Arc::clone(&h.memory) as _,
-            Arc::clone(&h.memory) as _,
-            Arc::new(SessionFeed::default()),
-            Duration::ZERO,
-        );
+        let elsewhere = h.sessions(Arc::new(SessionFeed::default()));
         elsewhere.erase(&h.session).await.unwrap();
         let again = NewSession {
             session_id: h.session.clone(),

@@ -601,7 +601,7 @@ fn warn_of_replaced_uri_options(
             uri.connect_timeout.is_some_and(|t| t != config.timeout),
         ),
     ];
-    for (option, setting) in replaced.iter().filter(|r| r.2).map(|r| (r.0, r.1)) {
+    for (option, setting, _) in replaced.into_iter().filter(|(_, _, replaced)| *replaced) {
         tracing::warn!("DB_URI sets {option}, which {setting} replaces; set {setting} instead");
     }
 }
