@@ -14,7 +14,7 @@ pub use ids::{EventId, SessionId};
 pub use json::{JsonInput, JsonObject};
 pub use language::Language;
 pub use session::{FinalStatus, NewSession, Session, SessionStatus};
-pub use time::Timestamp;
+pub use time::{utc_micros, Timestamp};
 
 /// A value a client sent that breaks a domain rule, with the field it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -114,11 +114,85 @@ fn whole_millis(d: Duration) -> i64 {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every response and stored event writes times: the common years skip chrono's
+        // general formatter and its allocation.
+        if let Some(second) = utc_second(self.0.div_euclid(1000)) {
+            let mut text = [0; 24];
+            text[..19].copy_from_slice(&second);
+            text[19] = b'.';
+            write_digits(&mut text[20..23], self.0.rem_euclid(1000));
+            text[23] = b'Z';
+            return f.write_str(ascii(&text));
+        }
         match DateTime::<Utc>::from_timestamp_millis(self.0) {
             Some(t) => f.write_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true)),
             None => write!(f, "{}ms", self.0),
         }
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for `micros` microseconds after the Unix epoch (UTC), the
+/// form of log lines' times, if it falls in the years 0000 to 9999.
+pub fn utc_micros(micros: i64) -> Option<[u8; 27]> {
+    let second = utc_second(micros.div_euclid(1_000_000))?;
+    let mut text = [0; 27];
+    text[..19].copy_from_slice(&second);
+    text[19] = b'.';
+    write_digits(&mut text[20..26], micros.rem_euclid(1_000_000));
+    text[26] = b'Z';
+    Some(text)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for the second `secs` after the Unix epoch (UTC), if it falls in
+/// the years 0000 to 9999.
+fn utc_second(secs: i64) -> Option<[u8; 19]> {
+    if !(FIRST_MILLIS / 1000..=LAST_MILLIS / 1000).contains(&secs) {
+        return None;
+    }
+    let (days, in_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_date(days);
+    let mut text = *b"0000-00-00T00:00:00";
+    write_digits(&mut text[0..4], year);
+    write_digits(&mut text[5..7], month);
+    write_digits(&mut text[8..10], day);
+    write_digits(&mut text[11..13], in_day / 3600);
+    write_digits(&mut text[14..16], in_day / 60 % 60);
+    write_digits(&mut text[17..19], in_day % 60);
+    Some(text)
+}
+
+/// Year, month and day of the proleptic Gregorian calendar, `days` after 1970-01-01.
+/// Counts in 400-year eras from 0000-03-01, so that the leap day ends each year.
+fn civil_date(days: i64) -> (i64, i64, i64) {
+    let from_era_zero = days + 719_468;
+    let era = from_era_zero.div_euclid(146_097);
+    let day_of_era = from_era_zero.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    // Months from March: 153 days in every five.
+    let march_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * march_month + 2) / 5 + 1;
+    let month = if march_month < 10 {
+        march_month + 3
+    } else {
+        march_month - 9
+    };
+    let year = era * 400 + year_of_era + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `value` (not negative) in decimal, zero-padded to fill `out`.
+fn write_digits(out: &mut [u8], mut value: i64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+/// Text made only of ASCII digits and punctuation.
+fn ascii(text: &[u8]) -> &str {
+    std::str::from_utf8(text).unwrap_or_default()
 }
 
 impl Serialize for Timestamp {
@@ -144,6 +218,53 @@ mod tests {
                 .millis(),
             i64::MIN
         );
+    }
+
+    #[test]
+    fn formats_as_chrono_does_across_the_years() {
+        let chrono = |millis: i64| {
+            DateTime::<Utc>::from_timestamp_millis(millis)
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Millis, true)
+        };
+        // Both ends, the epoch, leap days and century years, then a walk in uneven steps.
+        let mut samples = vec![
+            FIRST_MILLIS,
+            LAST_MILLIS,
+            0,
+            -1,
+            951_782_400_000,
+            -2_203_891_200_001,
+        ];
+        let mut millis = FIRST_MILLIS;
+        while millis <= LAST_MILLIS {
+            samples.push(millis);
+            millis += 86_399_999_937;
+        }
+        for millis in samples {
+            assert_eq!(Timestamp(millis).to_string(), chrono(millis), "{millis}");
+        }
+        for micros in [
+            0,
+            -1,
+            1_795_000_000_123_456,
+            FIRST_MILLIS * 1000,
+            LAST_MILLIS * 1000 + 999,
+        ] {
+            let expected = DateTime::<Utc>::from_timestamp_micros(micros)
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Micros, true);
+            assert_eq!(
+                utc_micros(micros).map(|t| ascii(&t).to_owned()),
+                Some(expected)
+            );
+        }
+        assert_eq!(utc_micros(LAST_MILLIS * 1000 + 1000), None);
+        assert_eq!(
+            Timestamp(LAST_MILLIS + 1).to_string(),
+            "+10000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(Timestamp(i64::MAX).to_string(), format!("{}ms", i64::MAX));
     }
 
     #[test]

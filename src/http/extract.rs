@@ -225,6 +225,32 @@ fn is_object(text: &[u8]) -> bool {
     text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
+/// Whether `text` holds `n` (at least 1) ASCII digits in a row. It reads every `n`th byte
+/// until one is a digit, since a run of `n` covers one of them, and then that digit's run.
+fn has_digit_run(text: &[u8], n: usize) -> bool {
+    let mut probe = n - 1;
+    while let Some(b) = text.get(probe) {
+        if !b.is_ascii_digit() {
+            probe += n;
+            continue;
+        }
+        let start = text[..probe]
+            .iter()
+            .rposition(|b| !b.is_ascii_digit())
+            .map_or(0, |i| i + 1);
+        let end = text[probe..]
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .map_or(text.len(), |i| probe + i);
+        if end - start >= n {
+            return true;
+        }
+        // The next run starts past `end`, so its `n`th byte is at `end + n` or later.
+        probe = end + n;
+    }
+    false
+}
+
 fn not_an_object() -> ValidationError {
     ValidationError::new("", "must be a JSON object")
 }
@@ -233,12 +259,7 @@ fn not_an_object() -> ValidationError {
 /// does not fit in an i64, if any. Numbers with a fraction or an exponent are floats.
 fn oversized_integer(text: &[u8]) -> Option<String> {
     // Up to 18 digits always fit: most bodies have no longer run of digits at all.
-    let mut run = 0_u8;
-    let long_run = text.iter().any(|b| {
-        run = if b.is_ascii_digit() { run + 1 } else { 0 };
-        run == 19
-    });
-    if !long_run {
+    if !has_digit_run(text, 19) {
         return None;
     }
     let (mut depth, mut i) = (0_usize, 0);
@@ -252,8 +273,19 @@ fn oversized_integer(text: &[u8]) -> Option<String> {
             b'"' => {
                 let start = i + 1;
                 i = start;
-                while i < text.len() && text[i] != b'"' {
-                    i += if text[i] == b'\\' { 2 } else { 1 };
+                // Escapes and the closing quote are the only bytes that matter in a string.
+                loop {
+                    match memchr::memchr2(b'"', b'\\', text.get(i..).unwrap_or_default()) {
+                        Some(found) if text[i + found] == b'\\' => i += found + 2,
+                        Some(found) => {
+                            i += found;
+                            break;
+                        }
+                        None => {
+                            i = text.len();
+                            break;
+                        }
+                    }
                 }
                 if depth == 1 {
                     last_string =
@@ -486,6 +518,10 @@ mod tests {
                 None,
             ),
             (
+                r#"{"a\\": "\"x\\", "b": "1234567890123456789012", "c": 12345678901234567890}"#,
+                Some("c"),
+            ),
+            (
                 r#"{"payload": {"f": 1.5e300, "g": 12345678901234567890.5, "h": 1e400}}"#,
                 None,
             ),
@@ -506,6 +542,28 @@ mod tests {
             parse_json::<serde_json::Value>(too_big.as_bytes()),
             Err(ApiError::Validation { field, .. }) if field == "x"
         ));
+    }
+
+    #[test]
+    fn finds_a_run_of_digits_wherever_it_lies() {
+        let naive = |text: &[u8], n: usize| {
+            text.split(|b| !b.is_ascii_digit())
+                .any(|run| run.len() >= n)
+        };
+        // Every text of up to 9 bytes over {digit, letter}, for runs of 1 to 4.
+        for len in 0..=9 {
+            for bits in 0..1_u32 << len {
+                let text: Vec<u8> = (0..len)
+                    .map(|i| if bits >> i & 1 == 1 { b'7' } else { b'x' })
+                    .collect();
+                for n in 1..=4 {
+                    assert_eq!(has_digit_run(&text, n), naive(&text, n), "{text:?} {n}");
+                }
+            }
+        }
+        let long = format!("{}1234567890123456789", "x".repeat(40));
+        assert!(has_digit_run(long.as_bytes(), 19));
+        assert!(!has_digit_run(&long.as_bytes()[..long.len() - 1], 19));
     }
 
     #[test]
