@@ -7,7 +7,28 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 EXAMPLES="${1:-25}"
 
-command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q schemathesis
+# One version, so that its checks and flags stay those this script names. It goes into a
+# virtual environment under target/: a Debian system Python refuses `pip install` outside
+# one (PEP 668), and the machine's own packages stay as they are.
+SCHEMATHESIS_VERSION="4.32.5"
+if schemathesis --version 2>/dev/null | grep -qx "schemathesis, version $SCHEMATHESIS_VERSION"; then
+    SCHEMATHESIS=schemathesis
+else
+    VENV="target/tools/schemathesis-$SCHEMATHESIS_VERSION"
+    if [ ! -x "$VENV/bin/schemathesis" ]; then
+        echo "==> installing schemathesis $SCHEMATHESIS_VERSION into $VENV" >&2
+        if ! python3 -m venv "$VENV" 2>/dev/null; then
+            # Debian ships venv apart from Python itself.
+            rm -rf "$VENV"
+            as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+            as_root apt-get update -qq
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$VENV"
+        fi
+        "$VENV/bin/python" -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+    SCHEMATHESIS="$PWD/$VENV/bin/schemathesis"
+fi
 command -v secantusd-rs >/dev/null 2>&1 || ./scripts/test.sh --no-run >/dev/null
 cargo build --locked --bin conversation-sessions -q
 
@@ -31,6 +52,6 @@ wait_port "$APP_PORT"
 
 # The checks of the bar. Authentication checks are left out: the service runs without
 # API_KEYS here, and tests/integration/operations.rs covers authentication.
-schemathesis run "http://127.0.0.1:$APP_PORT/openapi.json" \
+"$SCHEMATHESIS" run "http://127.0.0.1:$APP_PORT/openapi.json" \
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,response_headers_conformance \
     --max-examples "$EXAMPLES" --workers 2 --seed 1

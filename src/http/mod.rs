@@ -115,13 +115,7 @@ fn request_span(req: &Request) -> Span {
         .get::<RequestId>()
         .map_or("", |id| id.0.as_str());
     let session_id = session_id_of(route, req.uri().path()).unwrap_or("");
-    tracing::info_span!(
-        "request",
-        method = req.method().as_str(),
-        route,
-        request_id,
-        session_id
-    )
+    tracing::info_span!("request", method = %req.method(), route, request_id, session_id)
 }
 
 fn route_of(req: &Request) -> &str {
