@@ -76,7 +76,7 @@ where
         // Records from the `log` crate (rustls uses it) carry their real target and level.
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        let mut line = String::with_capacity(320);
+        let mut line = String::with_capacity(512);
         line.push_str("{\"timestamp\":\"");
         push_now(&mut line)?;
         line.push_str("\",\"level\":\"");
@@ -255,6 +255,14 @@ fn escape_into(out: &mut String, value: &str) {
     // Everything JSON escapes is ASCII, and no byte of a multi-byte UTF-8 character is, so
     // a byte scan finds them and the runs between them stay whole characters.
     let bytes = value.as_bytes();
+    // Most text needs no escape; this test has no early exit, so it runs many bytes a step.
+    let needs_escape = bytes.iter().fold(false, |any, &b| {
+        any | (b < b' ') | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
+        out.push_str(value);
+        return;
+    }
     let mut plain = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape = match b {

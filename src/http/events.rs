@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -18,7 +17,7 @@ use super::error::ApiError;
 use super::extract::{from_raw, ApiJson, ApiPath, ItemsJson, NoQuery, QueryParams};
 use super::openapi::{ErrorEnvelope, StreamMessage};
 use super::sessions::SortOrder;
-use super::written;
+use super::{written, JsonBody};
 use crate::app::AppState;
 use crate::domain::{
     Event, EventId, EventType, JsonInput, JsonObject, NewEvent, Order, SessionId, Timestamp,
@@ -247,7 +246,7 @@ async fn append_batch(
         state.metrics.events(counted, 1);
     }
     let results: Vec<BatchResult> = outcomes.into_iter().map(BatchResult::from).collect();
-    Ok(Json(BatchResponse { results }).into_response())
+    Ok(JsonBody(BatchResponse { results }).into_response())
 }
 
 /// Read one event.
@@ -272,7 +271,7 @@ async fn read_event(
 ) -> Result<Response, ApiError> {
     let session = SessionId::parse(session_id)?;
     let event = EventId::parse(event_id)?;
-    Ok(Json(state.events.get(&session, &event).await?).into_response())
+    Ok(JsonBody(state.events.get(&session, &event).await?).into_response())
 }
 
 /// A client asking for JSON and not for an event stream means the event whose id is
@@ -402,7 +401,7 @@ async fn list(
     let session = SessionId::parse(session_id)?;
     let request = page_request(&mut query)?;
     query.finish()?;
-    Ok(Json(state.events.page(&session, &request).await?).into_response())
+    Ok(JsonBody(state.events.page(&session, &request).await?).into_response())
 }
 
 const MAX_TYPES: usize = 20;

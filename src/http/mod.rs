@@ -15,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 use serde::Serialize;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -191,6 +191,30 @@ fn is_usable_request_id(value: &str) -> bool {
     (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// A JSON response. axum's `Json` starts from 128 bytes and writes through `BytesMut` a
+/// token at a time; this writes into one `Vec` sized for an event, which serde_json fills
+/// with plain slice copies.
+struct JsonBody<T>(T);
+
+impl<T: Serialize> IntoResponse for JsonBody<T> {
+    fn into_response(self) -> Response {
+        let mut text = Vec::with_capacity(512);
+        match serde_json::to_writer(&mut text, &self.0) {
+            Ok(()) => (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                text,
+            )
+                .into_response(),
+            Err(e) => {
+                ApiError::Internal(format!("a response did not serialise: {e}")).into_response()
+            }
+        }
+    }
+}
+
 /// 201 with `Location` for something new, 200 for a retry that found it stored.
 fn written<T: Serialize>(outcome: Written<T>, location: impl FnOnce(&T) -> String) -> Response {
     match outcome {
@@ -198,10 +222,10 @@ fn written<T: Serialize>(outcome: Written<T>, location: impl FnOnce(&T) -> Strin
             let headers =
                 HeaderValue::from_str(&location(&value)).map(|loc| [(header::LOCATION, loc)]);
             match headers {
-                Ok(h) => (StatusCode::CREATED, h, Json(value)).into_response(),
-                Err(_) => (StatusCode::CREATED, Json(value)).into_response(),
+                Ok(h) => (StatusCode::CREATED, h, JsonBody(value)).into_response(),
+                Err(_) => (StatusCode::CREATED, JsonBody(value)).into_response(),
             }
         }
-        Written::Existing(value) => (StatusCode::OK, Json(value)).into_response(),
+        Written::Existing(value) => (StatusCode::OK, JsonBody(value)).into_response(),
     }
 }

@@ -3,7 +3,6 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -13,7 +12,7 @@ use super::error::ApiError;
 use super::events::{limit_and_order, page_request, time_range, EventListParams};
 use super::extract::{ApiJson, ApiPath, NoQuery, OptionalJson, QueryParams};
 use super::openapi::ErrorEnvelope;
-use super::written;
+use super::{written, JsonBody};
 use crate::app::AppState;
 use crate::domain::{
     Event, FinalStatus, JsonInput, JsonObject, Language, NewSession, Order, Session, SessionId,
@@ -160,7 +159,7 @@ async fn list(State(state): State<AppState>, mut query: QueryParams) -> Result<R
         cursor,
         filter,
     };
-    Ok(Json(state.sessions.list(&request).await?).into_response())
+    Ok(JsonBody(state.sessions.list(&request).await?).into_response())
 }
 
 /// `metadata.<key>=<value>` filters: at most 5, each key once, keys under the metadata key
@@ -251,7 +250,7 @@ async fn read(
         Some(request) => Some(state.events.page(&id, &request).await?),
         None => None,
     };
-    Ok(Json(SessionView { session, events }).into_response())
+    Ok(JsonBody(SessionView { session, events }).into_response())
 }
 
 /// Erase the session and all its events; afterwards its id can be created again.
@@ -293,5 +292,5 @@ async fn complete(
     let id = SessionId::parse(session_id)?;
     let status = body.and_then(|b| b.status).unwrap_or_default();
     let session = state.sessions.complete(&id, status).await?;
-    Ok(Json(session).into_response())
+    Ok(JsonBody(session).into_response())
 }
