@@ -112,16 +112,23 @@ fn whole_millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+impl Timestamp {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ` in the years 0000 to 9999. Every response and stored event
+    /// writes times: these skip chrono's general formatter and its allocation.
+    fn rfc3339(self) -> Option<[u8; 24]> {
+        let second = utc_second(self.0.div_euclid(1000))?;
+        let mut text = [0; 24];
+        text[..19].copy_from_slice(&second);
+        text[19] = b'.';
+        write_digits(&mut text[20..23], self.0.rem_euclid(1000));
+        text[23] = b'Z';
+        Some(text)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Every response and stored event writes times: the common years skip chrono's
-        // general formatter and its allocation.
-        if let Some(second) = utc_second(self.0.div_euclid(1000)) {
-            let mut text = [0; 24];
-            text[..19].copy_from_slice(&second);
-            text[19] = b'.';
-            write_digits(&mut text[20..23], self.0.rem_euclid(1000));
-            text[23] = b'Z';
+        if let Some(text) = self.rfc3339() {
             return f.write_str(ascii(&text));
         }
         match DateTime::<Utc>::from_timestamp_millis(self.0) {
@@ -197,7 +204,10 @@ fn ascii(text: &[u8]) -> &str {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        match self.rfc3339() {
+            Some(text) => serializer.serialize_str(ascii(&text)),
+            None => serializer.collect_str(self),
+        }
     }
 }
 
@@ -243,6 +253,10 @@ mod tests {
         }
         for millis in samples {
             assert_eq!(Timestamp(millis).to_string(), chrono(millis), "{millis}");
+        }
+        for millis in [0, FIRST_MILLIS, LAST_MILLIS, LAST_MILLIS + 1, i64::MIN] {
+            let serialized = serde_json::to_string(&Timestamp(millis)).unwrap();
+            assert_eq!(serialized, format!("\"{}\"", Timestamp(millis)), "{millis}");
         }
         for micros in [
             0,
