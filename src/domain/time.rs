@@ -116,13 +116,7 @@ impl Timestamp {
     /// `YYYY-MM-DDTHH:MM:SS.mmmZ` in the years 0000 to 9999. Every response and stored event
     /// writes times: these skip chrono's general formatter and its allocation.
     fn rfc3339(self) -> Option<[u8; 24]> {
-        let second = utc_second(self.0.div_euclid(1000))?;
-        let mut text = [0; 24];
-        text[..19].copy_from_slice(&second);
-        text[19] = b'.';
-        write_digits(&mut text[20..23], self.0.rem_euclid(1000));
-        text[23] = b'Z';
-        Some(text)
+        utc_text(self.0, 1000)
     }
 }
 
@@ -141,12 +135,18 @@ impl fmt::Display for Timestamp {
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for `micros` microseconds after the Unix epoch (UTC), the
 /// form of log lines' times, if it falls in the years 0000 to 9999.
 pub fn utc_micros(micros: i64) -> Option<[u8; 27]> {
-    let second = utc_second(micros.div_euclid(1_000_000))?;
-    let mut text = [0; 27];
+    utc_text(micros, 1_000_000)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.fffZ` for `units` after the Unix epoch (UTC), `per_second` of them
+/// to a second, the fraction in the `N - 21` digits that one second's units take.
+fn utc_text<const N: usize>(units: i64, per_second: i64) -> Option<[u8; N]> {
+    let second = utc_second(units.div_euclid(per_second))?;
+    let mut text = [0; N];
     text[..19].copy_from_slice(&second);
     text[19] = b'.';
-    write_digits(&mut text[20..26], micros.rem_euclid(1_000_000));
-    text[26] = b'Z';
+    write_digits(&mut text[20..N - 1], units.rem_euclid(per_second));
+    text[N - 1] = b'Z';
     Some(text)
 }
 

@@ -3,12 +3,12 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiError;
+use super::JsonBody;
 use crate::app::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -21,19 +21,19 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Liveness: 200 whenever the process serves requests.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "Serving", body = Object, example = json!({"status": "ok"}))))]
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz() -> JsonBody<serde_json::Value> {
+    JsonBody(json!({"status": "ok"}))
 }
 
 /// Readiness: 200 when the store answers a ping; 503 `unavailable` with the reason if not.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready", body = Object, example = json!({"status": "ready"}))))]
-async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn readyz(State(state): State<AppState>) -> Result<JsonBody<serde_json::Value>, ApiError> {
     if let Err(e) = state.sessions.ready().await {
         tracing::warn!(error = %e, "readiness ping failed");
         return Err(ApiError::NotReady);
     }
-    Ok(Json(json!({"status": "ready"})))
+    Ok(JsonBody(json!({"status": "ready"})))
 }
 
 /// Prometheus metrics in the text exposition format.
