@@ -6,8 +6,8 @@ use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use std::error::Error;
-use tower_http::timeout::TimeoutError;
 
+use super::body_timeout::BodyPaused;
 use super::error::ApiError;
 use crate::domain::ValidationError;
 
@@ -101,7 +101,7 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
 
 /// Whether the body failed because it paused past `BODY_READ_TIMEOUT_SECS`.
 fn paused_too_long(rejection: &(dyn Error + 'static)) -> bool {
-    causes(rejection).any(|e| e.is::<TimeoutError>())
+    causes(rejection).any(|e| e.is::<BodyPaused>())
 }
 
 /// The error and its sources, outermost first.

@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, extractors, the error envelope, request ids and tracing.
 
 mod auth;
+mod body_timeout;
 mod error;
 mod events;
 mod extract;
@@ -11,6 +12,7 @@ mod sessions;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -19,12 +21,12 @@ use axum::{Extension, Router};
 use serde::Serialize;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use auth::ApiKeys;
+use body_timeout::ReadTimeoutBody;
 pub use error::ApiError;
 use error::ErrorBody;
 use extract::BodyLimit;
@@ -98,7 +100,9 @@ pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -
         }))
         .layer(Extension(BodyLimit(body_limit)))
         // A body that trickles in stalls only its own request, and not for long.
-        .layer(RequestBodyTimeoutLayer::new(body_read_timeout))
+        .map_request(move |req: Request| {
+            req.map(|body| Body::new(ReadTimeoutBody::new(body, body_read_timeout)))
+        })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(description));
     routes

@@ -34,16 +34,17 @@ struct SessionEntry {
 impl SessionEntry {
     /// Stores the event unless its id is taken; the unique index of the in-memory store.
     fn insert(&mut self, event: &Event) -> Inserted {
-        if self.by_id.contains_key(&event.event_id) {
+        // One lookup by id, which hashes the id once.
+        let MapEntry::Vacant(by_id) = self.by_id.entry(event.event_id.clone()) else {
             return Inserted::EventIdTaken;
-        }
+        };
         if self.by_seq.contains_key(&event.seq) {
             return Inserted::SeqTaken;
         }
         let event = Arc::new(event.clone());
         self.timeline.insert(event.position(), Arc::clone(&event));
         self.by_seq.insert(event.seq, Arc::clone(&event));
-        self.by_id.insert(event.event_id.clone(), event);
+        by_id.insert(event);
         Inserted::Stored
     }
 }
