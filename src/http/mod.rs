@@ -21,8 +21,7 @@ use axum::{Extension, Router};
 use serde::Serialize;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
-use tracing::Span;
+use tracing::{Instrument, Span};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use auth::ApiKeys;
@@ -79,22 +78,6 @@ pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -
     // one by one, that was about fifty allocations per request.
     let middleware = ServiceBuilder::new()
         .layer(middleware::from_fn_with_state(metrics, request_context))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_request(())
-                // Server errors are logged once, with their cause chain, where they arise.
-                .on_failure(())
-                .on_response(
-                    |res: &axum::http::Response<_>, latency: Duration, _: &Span| {
-                        tracing::info!(
-                            status = res.status().as_u16(),
-                            latency_ms = latency.as_secs_f64() * 1000.0,
-                            "served"
-                        );
-                    },
-                ),
-        )
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a handler panicked".to_owned()).into_response()
         }))
@@ -137,8 +120,8 @@ fn session_id_of<'a>(template: &str, path: &'a str) -> Option<&'a str> {
         .map(|(_, segment)| segment)
 }
 
-/// Assigns the request id, renders every error response in the one envelope, and counts
-/// the request.
+/// Assigns the request id, runs the request in its span and logs it, renders every error
+/// response in the one envelope, and counts the request.
 async fn request_context(
     State(metrics): State<Arc<Metrics>>,
     mut req: Request,
@@ -155,7 +138,20 @@ async fn request_context(
         .filter(|v| is_usable_request_id(v))
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut res = next.run(req).await;
+    let span = request_span(&req);
+    // Every request logs `served`; a server error has also logged its cause chain, where it
+    // arose.
+    let mut res = async move {
+        let res = next.run(req).await;
+        tracing::info!(
+            status = res.status().as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "served"
+        );
+        res
+    }
+    .instrument(span)
+    .await;
     let status = res.status();
     let body = res.extensions_mut().remove::<ErrorBody>();
     match body {
