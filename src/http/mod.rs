@@ -141,14 +141,15 @@ async fn request_context(
     let span = request_span(&req);
     // Every request logs `served`; a server error has also logged its cause chain, where it
     // arose.
-    let mut res = async move {
+    let (mut res, latency) = async move {
         let res = next.run(req).await;
+        let latency = started.elapsed();
         tracing::info!(
             status = res.status().as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms = latency.as_secs_f64() * 1000.0,
             "served"
         );
-        res
+        (res, latency)
     }
     .instrument(span)
     .await;
@@ -165,12 +166,7 @@ async fn request_context(
         res.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-    metrics.request(
-        method_label(&method),
-        route,
-        status.as_u16(),
-        started.elapsed(),
-    );
+    metrics.request(method_label(&method), route, status.as_u16(), latency);
     res
 }
 
