@@ -6,10 +6,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::BoxError;
 use http_body::{Frame, SizeHint};
 use tokio::time::Sleep;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body that fails with [`BodyPaused`] when nothing arrives for `timeout` while
 /// it is read. Each wait has the whole `timeout`; a body that keeps arriving is never cut.

@@ -39,30 +39,6 @@ const UNMATCHED: &str = "unmatched";
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Entry points for the property tests: the parsing a request body goes through, from
-/// bytes to validated domain values.
-#[cfg(test)]
-pub(crate) mod fuzzing {
-    use super::error::ApiError;
-    use super::extract::parse_json;
-
-    pub fn parse_append_body(bytes: &[u8]) -> Result<(), ApiError> {
-        super::events::parse_append(bytes).map(drop)
-    }
-
-    pub fn parse_create_body(bytes: &[u8]) -> Result<(), ApiError> {
-        super::sessions::parse_create(bytes).map(drop)
-    }
-
-    pub fn parse_json_value(bytes: &[u8]) -> Result<(), ApiError> {
-        parse_json::<serde_json::Value>(bytes).map(drop)
-    }
-}
-
-/// The request id of the current request: the client's when it sent a usable one.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
 /// The whole HTTP API over `state`, with its middleware.
 pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -> Router {
     let keys = state.api_keys.clone();
@@ -94,21 +70,11 @@ pub fn router(state: AppState, body_limit: usize, body_read_timeout: Duration) -
         .layer(middleware)
 }
 
-/// Request spans name the route template, never the raw path, plus the session id.
-fn request_span(req: &Request) -> Span {
-    let route = route_of(req);
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map_or("", |id| id.0.as_str());
+/// Request spans name the route template, never the raw path, plus the request id and the
+/// session id.
+fn request_span(req: &Request, route: &str, request_id: &str) -> Span {
     let session_id = session_id_of(route, req.uri().path()).unwrap_or("");
     tracing::info_span!("request", method = %req.method(), route, request_id, session_id)
-}
-
-fn route_of(req: &Request) -> &str {
-    req.extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED, MatchedPath::as_str)
 }
 
 /// The path segment that the route template names `{session_id}`.
@@ -124,7 +90,7 @@ fn session_id_of<'a>(template: &str, path: &'a str) -> Option<&'a str> {
 /// response in the one envelope, and counts the request.
 async fn request_context(
     State(metrics): State<Arc<Metrics>>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
@@ -137,8 +103,8 @@ async fn request_context(
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_usable_request_id(v))
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned);
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let span = request_span(&req);
+    let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    let span = request_span(&req, route, &id);
     // Every request logs `served`; a server error has also logged its cause chain, where it
     // arose.
     let (mut res, latency) = async move {
@@ -165,7 +131,6 @@ async fn request_context(
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
-    let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
     metrics.request(method_label(&method), route, status.as_u16(), latency);
     res
 }
@@ -223,5 +188,25 @@ fn written<T: Serialize>(outcome: Written<T>, location: impl FnOnce(&T) -> Strin
             }
         }
         Written::Existing(value) => (StatusCode::OK, JsonBody(value)).into_response(),
+    }
+}
+
+/// Entry points for the property tests: the parsing a request body goes through, from
+/// bytes to validated domain values.
+#[cfg(test)]
+pub(crate) mod fuzzing {
+    use super::error::ApiError;
+    use super::extract::parse_json;
+
+    pub fn parse_append_body(bytes: &[u8]) -> Result<(), ApiError> {
+        super::events::parse_append(bytes).map(drop)
+    }
+
+    pub fn parse_create_body(bytes: &[u8]) -> Result<(), ApiError> {
+        super::sessions::parse_create(bytes).map(drop)
+    }
+
+    pub fn parse_json_value(bytes: &[u8]) -> Result<(), ApiError> {
+        parse_json::<serde_json::Value>(bytes).map(drop)
     }
 }
