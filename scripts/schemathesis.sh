@@ -52,6 +52,10 @@ wait_port "$APP_PORT"
 
 # The checks of the bar. Authentication checks are left out: the service runs without
 # API_KEYS here, and tests/integration/operations.rs covers authentication.
+# One worker: with two, schemathesis failed in its coverage phase on this machine's Python
+# 3.11 with "SystemError: AST constructor recursion depth mismatch" (CPython issue 106905)
+# once the path parameters declared a pattern. One worker also finished sooner here (20-23 s
+# against 42 s), since the service and its database share the machine's two cores.
 "$SCHEMATHESIS" run "http://127.0.0.1:$APP_PORT/openapi.json" \
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,response_headers_conformance \
-    --max-examples "$EXAMPLES" --workers 2 --seed 1
+    --max-examples "$EXAMPLES" --workers 1 --seed 1

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use super::error::ApiError;
 use super::extract::{from_raw, ApiJson, ApiPath, ItemsJson, NoQuery, QueryParams};
-use super::openapi::{ErrorEnvelope, StreamMessage};
+use super::openapi::{ErrorEnvelope, EventPath, SessionPath, StreamMessage};
 use super::sessions::SortOrder;
 use super::{written, JsonBody};
 use crate::app::AppState;
@@ -112,7 +112,7 @@ impl AppendEventBody {
 
 /// Append an event, or recognise a retry of the append that stored it.
 #[utoipa::path(post, path = "/sessions/{session_id}/events", tag = "events",
-    params(("session_id" = String, Path, description = "The session id")),
+    params(SessionPath),
     request_body = AppendEventBody,
     responses(
         (status = 201, description = "Stored", body = Event,
@@ -205,7 +205,7 @@ impl BatchResult {
 
 /// Append up to 500 events in one request; each is judged as a single append would be.
 #[utoipa::path(post, path = "/sessions/{session_id}/events:batch", tag = "events",
-    params(("session_id" = String, Path, description = "The session id")),
+    params(SessionPath),
     request_body = BatchBody,
     responses(
         (status = 200, description = "One result per event, in request order", body = BatchResponse),
@@ -252,8 +252,7 @@ async fn append_batch(
 /// Read one event.
 #[utoipa::path(get, path = "/sessions/{session_id}/events/{event_id}", tag = "events",
     params(
-        ("session_id" = String, Path, description = "The session id"),
-        ("event_id" = String, Path, description = "The event id"),
+        EventPath,
     ),
     responses((status = 200, description = "The event", body = Event)))]
 async fn read(
@@ -344,9 +343,10 @@ fn resume_after(headers: &HeaderMap, query: &mut QueryParams) -> Result<i64, Api
 /// `text/event-stream`) this path reads the event whose id is `stream`.
 #[utoipa::path(get, path = "/sessions/{session_id}/events/stream", tag = "live",
     params(
-        ("session_id" = String, Path, description = "The session id"),
+        SessionPath,
         ("afterSeq" = Option<i64>, Query, minimum = 0, description = "Start after this seq; default 0"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Start after this seq; wins over afterSeq"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]{1,18}$",
+            description = "Start after this seq; wins over afterSeq"),
     ),
     responses(
         (status = 200, description = "The event stream (or, for a JSON request, the event `stream`)",
@@ -391,7 +391,7 @@ fn sse_message(message: TailMessage) -> SseEvent {
 
 /// A page of the session's events, by (timestamp, seq), or by seq after `afterSeq`.
 #[utoipa::path(get, path = "/sessions/{session_id}/events", tag = "events",
-    params(("session_id" = String, Path, description = "The session id"), EventListParams),
+    params(SessionPath, EventListParams),
     responses((status = 200, description = "A page of events", body = Page<Event>)))]
 async fn list(
     State(state): State<AppState>,

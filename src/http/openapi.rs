@@ -9,11 +9,11 @@ use serde::Serialize;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr, ResponseBuilder};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::sessions::SortOrder;
+use super::sessions::{Include, SortOrder};
 use crate::app::AppState;
 
 /// The parts of the document not tied to one handler.
@@ -30,7 +30,7 @@ use crate::app::AppState;
         (name = "live", description = "Live tail over Server-Sent Events"),
         (name = "operations", description = "Health, readiness, metrics and this description"),
     ),
-    components(schemas(ErrorEnvelope, ErrorObject, SortOrder, StreamMessage)),
+    components(schemas(ErrorEnvelope, ErrorObject, Include, SortOrder, StreamMessage)),
 )]
 struct ApiDoc;
 
@@ -51,6 +51,31 @@ struct ErrorObject {
     details: Option<serde_json::Value>,
     /// Equals the response's `x-request-id` header.
     request_id: String,
+}
+
+/// The path of a session's routes (documentation; the handlers parse the id themselves).
+/// The pattern is the id rule of the request bodies; `.` and `..` fit it and are refused
+/// too, since HTTP clients rewrite them as path segments.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct SessionPath {
+    /// The session id: 1-128 ASCII letters, digits and `-_.:@`, but not `.` or `..`.
+    #[param(pattern = r"^[A-Za-z0-9_.:@-]{1,128}$", max_length = 128)]
+    session_id: String,
+}
+
+/// The path of one event.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct EventPath {
+    /// The session id: 1-128 ASCII letters, digits and `-_.:@`, but not `.` or `..`.
+    #[param(pattern = r"^[A-Za-z0-9_.:@-]{1,128}$", max_length = 128)]
+    session_id: String,
+    /// The event id, by the same rule.
+    #[param(pattern = r"^[A-Za-z0-9_.:@-]{1,128}$", max_length = 128)]
+    event_id: String,
 }
 
 /// One Server-Sent Events message of a live stream.

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::error::ApiError;
 use super::events::{limit_and_order, page_request, time_range, EventListParams};
 use super::extract::{ApiJson, ApiPath, NoQuery, OptionalJson, QueryParams};
-use super::openapi::ErrorEnvelope;
+use super::openapi::{ErrorEnvelope, SessionPath};
 use super::{written, JsonBody};
 use crate::app::AppState;
 use crate::domain::{
@@ -60,6 +60,14 @@ struct SessionListParams {
 enum OpenStatus {
     Initiated,
     Active,
+}
+
+/// What `GET /sessions/{session_id}` can add to the session.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(super) enum Include {
+    Events,
 }
 
 /// A listing's direction.
@@ -218,8 +226,8 @@ struct SessionView {
 /// parameters as the event listing.
 #[utoipa::path(get, path = "/sessions/{session_id}", tag = "sessions",
     params(
-        ("session_id" = String, Path, description = "The session id"),
-        ("include" = Option<String>, Query, description = "`events` to add a page of events"),
+        SessionPath,
+        ("include" = Option<Include>, Query, description = "`events` to add a page of events"),
         EventListParams,
     ),
     responses((status = 200, description = "The session", body = SessionView)))]
@@ -255,7 +263,7 @@ async fn read(
 
 /// Erase the session and all its events; afterwards its id can be created again.
 #[utoipa::path(delete, path = "/sessions/{session_id}", tag = "sessions",
-    params(("session_id" = String, Path, description = "The session id")),
+    params(SessionPath),
     responses((status = 204, description = "Erased")))]
 async fn erase(
     State(state): State<AppState>,
@@ -277,7 +285,7 @@ struct CompleteBody {
 
 /// End the session. Repeating the same end returns the session as it ended.
 #[utoipa::path(post, path = "/sessions/{session_id}/complete", tag = "sessions",
-    params(("session_id" = String, Path, description = "The session id")),
+    params(SessionPath),
     request_body(content = Option<CompleteBody>, description = "Optional; default `completed`"),
     responses(
         (status = 200, description = "The ended session", body = Session),

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, Backend, TestApp};
+use crate::helpers::{assert_error, spawn_app, Backend, TestApp};
 
 const ROUTES: [(&str, &str); 15] = [
     ("get", "/docs"),
@@ -141,6 +141,59 @@ async fn the_readme_documents_every_route_and_setting() {
             ".env.example does not document {env}"
         );
     }
+}
+
+/// Path ids follow the rule that request bodies declare for them, and parameters with a
+/// closed set of values name it, so that a client (or a generated one) can check a request
+/// before it sends it.
+#[tokio::test]
+async fn parameters_declare_the_rules_the_handlers_hold_to() {
+    let app = spawn_app(Backend::Memory).await;
+    let doc = document(&app).await;
+    let rule = &doc["components"]["schemas"]["CreateSessionBody"]["properties"]["sessionId"];
+    assert!(rule["pattern"].is_string());
+    let mut declared = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let Some(parameters) = operation["parameters"].as_array() else {
+                continue;
+            };
+            for parameter in parameters.iter().filter(|p| p["in"] == "path") {
+                let schema = &parameter["schema"];
+                assert_eq!(schema["pattern"], rule["pattern"], "{method} {path}");
+                assert_eq!(schema["maxLength"], 128, "{method} {path}");
+                assert_eq!(parameter["required"], true, "{method} {path}");
+                declared += 1;
+            }
+        }
+    }
+    // session_id on eight operations, and event_id on one.
+    assert_eq!(declared, 9);
+    // The other parameters with a closed set of values say so.
+    let parameter = |path: &str, name: &str| {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["schema"]
+            .clone()
+    };
+    let include = parameter("/sessions/{session_id}", "include");
+    let reference = include["$ref"].as_str().unwrap();
+    let name = reference.rsplit('/').next().unwrap();
+    assert_eq!(
+        doc["components"]["schemas"][name]["enum"],
+        serde_json::json!(["events"])
+    );
+    let resume = parameter("/sessions/{session_id}/events/stream", "Last-Event-ID");
+    assert_eq!(resume["pattern"], "^[0-9]{1,18}$");
+    // The handlers hold to the same rule: an id at its edge is read, one past it refused.
+    let edge = "a".repeat(128);
+    let (status, body) = app.get(&format!("/sessions/{edge}")).await;
+    assert_error(status, &body, 404, "session_not_found");
+    let (status, body) = app.get(&format!("/sessions/{edge}a")).await;
+    assert_error(status, &body, 400, "validation_failed");
 }
 
 #[tokio::test]
