@@ -10,7 +10,10 @@ use mongodb::bson::{doc, Bson, DateTime as BsonDateTime, Document, RawDocument, 
 use mongodb::error::{Error as MongoError, ErrorKind, InsertManyError, WriteFailure};
 use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
-use mongodb::options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, IndexOptions, ReadPreference, ReturnDocument, SelectionCriteria,
+    WriteConcern,
+};
 use mongodb::{Client, Collection, Cursor, IndexModel};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -43,9 +46,11 @@ const SEQ_INDEX: &str = "session_seq";
 const EVENT_ID_INDEX: &str = "session_event_id";
 
 /// Server error codes that mean "not now" rather than "never": elections, shutdowns,
-/// network trouble and operations that ran out of time.
+/// network trouble and operations that ran out of time. 64 is a write concern that timed
+/// out (`wtimeoutMS`); 133 and 202 are what mongos answers while a shard cannot be reached
+/// or is slow.
 const TRANSIENT_CODES: &[i32] = &[
-    6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+    6, 7, 50, 64, 89, 91, 133, 189, 202, 262, 9001, 10107, 11600, 11602, 13435, 13436,
 ];
 
 /// How to reach MongoDB.
@@ -180,6 +185,10 @@ impl MongoStore {
             .w_timeout(options.write_concern.as_ref().and_then(|c| c.w_timeout))
             .build();
         warn_of_replaced_uri_options(&options, &write_concern, config);
+        // Every read goes to the primary: a read from a secondary could miss the write just
+        // acknowledged, and a retry would then be taken for something new (see DESIGN.md).
+        options.selection_criteria =
+            Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
         options.server_selection_timeout = Some(config.timeout);
         options.write_concern = Some(write_concern);
         options.retry_writes = Some(config.retry_writes);
@@ -604,6 +613,16 @@ fn warn_of_replaced_uri_options(
     for (option, setting, _) in replaced.into_iter().filter(|(_, _, replaced)| *replaced) {
         tracing::warn!("DB_URI sets {option}, which {setting} replaces; set {setting} instead");
     }
+    if uri.selection_criteria.as_ref().is_some_and(|c| {
+        !matches!(
+            c,
+            SelectionCriteria::ReadPreference(ReadPreference::Primary)
+        )
+    }) {
+        tracing::warn!(
+            "DB_URI sets readPreference, which the service replaces: it reads from the primary"
+        );
+    }
 }
 
 /// Sorts a driver error into what the service layer can act on.
@@ -617,12 +636,24 @@ fn classify(err: MongoError) -> StoreError {
         | ErrorKind::ConnectionPoolCleared { .. }
         | ErrorKind::DnsResolve { .. } => true,
         ErrorKind::Command(e) => TRANSIENT_CODES.contains(&e.code),
-        // A bulk insert reports its write concern failure in its own kind.
-        ErrorKind::Write(WriteFailure::WriteConcernError(e))
-        | ErrorKind::InsertMany(InsertManyError {
-            write_concern_error: Some(e),
+        ErrorKind::Write(WriteFailure::WriteConcernError(e)) => {
+            TRANSIENT_CODES.contains(&e.code) || err.contains_label("RetryableWriteError")
+        }
+        ErrorKind::Write(WriteFailure::WriteError(e)) => TRANSIENT_CODES.contains(&e.code),
+        // A bulk insert reports its failures in its own kind: a write concern failure, and
+        // per event the errors of the shard or member that refused it.
+        ErrorKind::InsertMany(InsertManyError {
+            write_errors,
+            write_concern_error,
             ..
-        }) => TRANSIENT_CODES.contains(&e.code) || err.contains_label("RetryableWriteError"),
+        }) => {
+            write_concern_error
+                .iter()
+                .map(|e| e.code)
+                .chain(write_errors.iter().flatten().map(|e| e.code))
+                .any(|code| TRANSIENT_CODES.contains(&code))
+                || err.contains_label("RetryableWriteError")
+        }
         _ => err.contains_label("RetryableWriteError"),
     };
     if transient {
@@ -1222,10 +1253,26 @@ mod tests {
             .unwrap();
             classify(MongoError::from(ErrorKind::InsertMany(failure)))
         };
-        for code in [91, 189, 11602] {
+        for code in [64, 91, 189, 11602] {
             assert!(matches!(bulk(code), StoreError::Unavailable(_)), "{code}");
         }
         assert!(matches!(bulk(100), StoreError::Backend(_)));
+        // An event refused by a shard or member that is stepping down or out of reach: the
+        // retry may succeed. A refusal for any other reason is not for a retry to mend.
+        let refused = |code: i32| {
+            let failure: InsertManyError = mongodb::bson::from_document(doc! {
+                "writeErrors": [{"index": 0, "code": code, "errmsg": "refused"}],
+            })
+            .unwrap();
+            classify(MongoError::from(ErrorKind::InsertMany(failure)))
+        };
+        for code in [10107, 133, 202] {
+            assert!(
+                matches!(refused(code), StoreError::Unavailable(_)),
+                "{code}"
+            );
+        }
+        assert!(matches!(refused(2), StoreError::Backend(_)));
         // A taken eventId is an answer, unless the reply also says the write concern failed:
         // then nothing in it is confirmed, and the retry must not pass for a replay.
         let reply = |concern: Option<i32>| {

@@ -405,17 +405,21 @@ mod mongo {
     use super::*;
     use crate::outage::OwnServer;
 
-    /// The write concern, retryable writes and timeouts come from the service's settings;
-    /// a URI that asks for others is told so at startup, and options they leave alone are
-    /// not named.
+    /// The write concern, retryable writes, timeouts and read preference come from the
+    /// service; a URI that asks for others is told so at startup, and options they leave
+    /// alone are not named.
     #[test]
     fn uri_options_that_the_settings_replace_are_named_at_startup() {
         let uri = format!(
             "{}&retryWrites=false&w=1&journal=true&appName=x",
             crate::helpers::mongo_uri()
         );
+        let secondary = format!("{uri}&readPreference=secondaryPreferred");
         let db_name = format!("uri_{}", uuid::Uuid::new_v4().simple());
-        let service = Service::start(&[("DB_URI", uri.as_str()), ("DB_NAME", db_name.as_str())]);
+        let service = Service::start(&[
+            ("DB_URI", secondary.as_str()),
+            ("DB_NAME", db_name.as_str()),
+        ]);
         let warnings: Vec<&str> = service
             .startup
             .iter()
@@ -428,12 +432,14 @@ mod mongo {
             [
                 "DB_URI sets w, which DB_WRITE_CONCERN replaces; set DB_WRITE_CONCERN instead",
                 "DB_URI sets retryWrites, which DB_RETRY_WRITES replaces; set DB_RETRY_WRITES instead",
+                "DB_URI sets readPreference, which the service replaces: it reads from the primary",
             ],
             "{:?}",
             service.startup
         );
+        let primary = format!("{uri}&readPreference=primary");
         let matching = Service::start(&[
-            ("DB_URI", uri.as_str()),
+            ("DB_URI", primary.as_str()),
             ("DB_NAME", db_name.as_str()),
             ("DB_RETRY_WRITES", "false"),
             ("DB_WRITE_CONCERN", "1"),
