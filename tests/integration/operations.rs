@@ -202,6 +202,9 @@ mod memory_only {
             ("GET", "/sessions/a/events/stream"),
             ("GET", "/openapi.json"),
             ("GET", "/docs"),
+            // A method a path does not take: without a key, not even that is told.
+            ("PUT", "/sessions"),
+            ("PATCH", "/sessions/a/events"),
         ];
         let refused = [
             None,
@@ -243,6 +246,15 @@ mod memory_only {
         for open in ["/healthz", "/readyz", "/metrics"] {
             assert_eq!(app.get_raw(open).await.status(), StatusCode::OK, "{open}");
         }
+        let response = app
+            .client
+            .put(app.url("/sessions"))
+            .header("authorization", format!("Bearer {KEY}"))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = parts(response).await;
+        assert_error(status, &body, 405, "method_not_allowed");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
