@@ -304,13 +304,9 @@ fn wants_json_not_stream(headers: &HeaderMap) -> bool {
 /// else 0 (from the start).
 fn resume_after(headers: &HeaderMap, query: &mut QueryParams) -> Result<i64, ApiError> {
     let parse = |field: &str, raw: &str| {
-        raw.trim()
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| {
-                ApiError::validation(field, "must be an event seq: an integer of 0 or more")
-            })
+        digits::<i64>(raw.trim()).ok_or_else(|| {
+            ApiError::validation(field, "must be an event seq: an integer of 0 or more")
+        })
     };
     // A bad afterSeq is refused even when the header wins over it.
     let query_position = query
@@ -406,6 +402,13 @@ async fn list(
 
 const MAX_TYPES: usize = 20;
 
+/// A parameter's integer as its description gives it: ASCII digits only, so never negative.
+/// Rust's parsers also take a leading `+`, which the description does not allow.
+fn digits<T: std::str::FromStr>(raw: &str) -> Option<T> {
+    let plain = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    plain.then(|| raw.parse().ok()).flatten()
+}
+
 /// Reads `limit` (default 50, at most 1000) and `order` (default `default_order`).
 pub(super) fn limit_and_order(
     query: &mut QueryParams,
@@ -413,9 +416,7 @@ pub(super) fn limit_and_order(
 ) -> Result<(usize, Order), ApiError> {
     let limit = match query.take("limit")? {
         None => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
+        Some(raw) => digits::<usize>(&raw)
             .filter(|n| (1..=MAX_LIMIT).contains(n))
             .ok_or_else(|| ApiError::validation("limit", "must be an integer from 1 to 1000"))?,
     };
@@ -452,8 +453,7 @@ pub(super) fn page_request(query: &mut QueryParams) -> Result<PageRequest, ApiEr
         }
         (Some(token), None) => PagePosition::Cursor(token),
         (None, Some(raw)) => PagePosition::Page(
-            raw.parse::<u64>()
-                .ok()
+            digits::<u64>(&raw)
                 .filter(|n| (1..=1_000_000).contains(n))
                 .ok_or_else(|| {
                     ApiError::validation("page", "must be an integer from 1 to 1000000")
@@ -464,9 +464,7 @@ pub(super) fn page_request(query: &mut QueryParams) -> Result<PageRequest, ApiEr
     let after_seq = query
         .take("afterSeq")?
         .map(|raw| {
-            raw.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
+            digits::<i64>(&raw)
                 .ok_or_else(|| ApiError::validation("afterSeq", "must be an integer of 0 or more"))
         })
         .transpose()?;

@@ -304,6 +304,7 @@ async fn stream_requests_are_validated(app: TestApp) {
     for (header, query, field) in [
         (Some("x"), "", "Last-Event-ID"),
         (Some("-1"), "", "Last-Event-ID"),
+        (Some("+1"), "", "Last-Event-ID"),
         (None, "?afterSeq=abc", "afterSeq"),
         (Some("1"), "?afterSeq=abc", "afterSeq"),
         (None, "?limit=5", "limit"),

@@ -101,6 +101,8 @@ async fn session_listing_refuses_bad_filters_and_foreign_cursors(app: TestApp) {
         ("metadata.=1", "metadata."),
         ("metadata.k=1&metadata.k=2", "metadata.k"),
         ("limit=0", "limit"),
+        // A `+` sign, sent encoded: the description allows digits only.
+        ("limit=%2B5", "limit"),
         ("sort=name", "sort"),
     ] {
         let (status, body) = app.get(&format!("/sessions?{query}")).await;
@@ -222,6 +224,8 @@ async fn events_after_seq_list_in_seq_order(app: TestApp) {
     assert!(speech.iter().all(|e| e["type"] == "system"));
     for (query, field) in [
         ("afterSeq=-1", "afterSeq"),
+        ("afterSeq=%2B1", "afterSeq"),
+        ("page=%2B2", "page"),
         ("afterSeq=x", "afterSeq"),
         ("afterSeq=1&order=desc", "order"),
         ("afterSeq=1&page=2", "page"),
