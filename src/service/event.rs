@@ -7,7 +7,7 @@ use crate::domain::{
 };
 use crate::feed::SessionFeed;
 use crate::store::{
-    EventFilter, EventPageQuery, EventRepository, Inserted, PageStart, Reservation,
+    EventFilter, EventPageQuery, EventRepository, Inserted, PageStart, Read, Reservation,
     SessionRepository, StoreError,
 };
 
@@ -227,7 +227,7 @@ impl EventService {
         refused: ServiceError,
         new: &NewEvent,
     ) -> Result<Written<Event>, ServiceError> {
-        match self.events.get(session, &new.event_id).await? {
+        match self.stored(session, new).await? {
             Some(stored) => compare(new, stored),
             None => Err(refused),
         }
@@ -411,14 +411,48 @@ impl EventService {
             .collect())
     }
 
-    /// The session's stored events among `ids`, by id: one lookup.
+    /// The session's stored events among `ids`, by id, that a replay may answer with: one
+    /// lookup of durable events ([`Read::Durable`]). When some ids are not among them, a
+    /// second lookup of the latest writes: an event found there is on its way to being
+    /// durable (the request that stored it still waits for its acknowledgment), and its
+    /// retry gets 503 until it is, lest a 200 rest on a write that a failover undoes.
     async fn stored_by_id(
         &self,
         session: &SessionId,
         ids: &[EventId],
     ) -> Result<HashMap<EventId, Event>, ServiceError> {
-        let found = self.events.get_many(session, ids).await?;
-        Ok(found.into_iter().map(|e| (e.event_id.clone(), e)).collect())
+        let found = self.events.get_many(session, ids, Read::Durable).await?;
+        let stored: HashMap<EventId, Event> =
+            found.into_iter().map(|e| (e.event_id.clone(), e)).collect();
+        let unseen: Vec<EventId> = ids
+            .iter()
+            .filter(|id| !stored.contains_key(*id))
+            .cloned()
+            .collect();
+        if !unseen.is_empty() {
+            let pending = self.events.get_many(session, &unseen, Read::Latest).await?;
+            if !pending.is_empty() {
+                return Err(StoreError::Unavailable(
+                    "the event is stored, but its write is not yet acknowledged: send it again"
+                        .into(),
+                )
+                .into());
+            }
+        }
+        Ok(stored)
+    }
+
+    /// The stored event that a replay of `new` answers with, as [`Self::stored_by_id`] finds
+    /// it.
+    async fn stored(
+        &self,
+        session: &SessionId,
+        new: &NewEvent,
+    ) -> Result<Option<Event>, ServiceError> {
+        let mut found = self
+            .stored_by_id(session, std::slice::from_ref(&new.event_id))
+            .await?;
+        Ok(found.remove(&new.event_id))
     }
 
     async fn replay(
@@ -426,7 +460,7 @@ impl EventService {
         session: &SessionId,
         new: &NewEvent,
     ) -> Result<Written<Event>, ServiceError> {
-        match self.events.get(session, &new.event_id).await? {
+        match self.stored(session, new).await? {
             Some(stored) => compare(new, stored),
             None => Err(self.stored_event_missing(session).await),
         }
@@ -609,6 +643,8 @@ mod tests {
         RecreateBeforeRead,
         /// An event left behind by an erase lands at each seq just before its insert.
         LeftoverAhead,
+        /// No stored event is durable yet: their writes all wait for their acknowledgment.
+        NotYetDurable,
     }
 
     impl Interfering {
@@ -625,7 +661,8 @@ mod tests {
                 | Hook::DuplicateAndCloseBeforeSecondRound
                 | Hook::EraseBeforeRead
                 | Hook::RecreateBeforeRead
-                | Hook::LeftoverAhead => {}
+                | Hook::LeftoverAhead
+                | Hook::NotYetDurable => {}
             }
         }
 
@@ -691,9 +728,19 @@ mod tests {
         async fn delete_session_events(&self, s: &SessionId) -> Result<u64, StoreError> {
             self.memory.delete_session_events(s).await
         }
-        async fn get_many(&self, s: &SessionId, ids: &[EventId]) -> Result<Vec<Event>, StoreError> {
-            self.before_read(s).await;
-            self.memory.get_many(s, ids).await
+        async fn get_many(
+            &self,
+            s: &SessionId,
+            ids: &[EventId],
+            read: Read,
+        ) -> Result<Vec<Event>, StoreError> {
+            if read == Read::Durable {
+                self.before_read(s).await;
+                if self.hook == Hook::NotYetDurable {
+                    return Ok(Vec::new());
+                }
+            }
+            self.memory.get_many(s, ids, read).await
         }
         async fn page(&self, s: &SessionId, q: &EventPageQuery) -> Result<Vec<Event>, StoreError> {
             self.memory.page(s, q).await
@@ -823,6 +870,44 @@ mod tests {
             matches!(&items[0], BatchItem::Refused(Refusal::NotFound(id)) if *id == session),
             "{:?}",
             items[0]
+        );
+    }
+
+    /// A retry whose event is stored, but whose write still waits for its acknowledgment (the
+    /// first send is in flight): 503, on an open session and on a closed one, alone and in
+    /// a batch. A 200 then could rest on a write that a failover undoes.
+    #[tokio::test]
+    async fn a_retry_of_an_event_not_yet_durable_is_unavailable() {
+        let memory = Arc::new(MemoryStore::default());
+        let plain = service(&memory, Arc::clone(&memory) as _);
+        let events = interfered(&memory, Hook::NotYetDurable);
+        let session = open_session(&memory).await;
+        plain.append(&session, new_event("old")).await.unwrap();
+        for close in [false, true] {
+            if close {
+                let closed = memory.close(&session, FinalStatus::Completed, Timestamp::now());
+                assert!(closed.await.unwrap().is_some());
+            }
+            let single = events.append(&session, new_event("old")).await;
+            assert!(
+                matches!(single, Err(ServiceError::Store(StoreError::Unavailable(_)))),
+                "closed {close}: {single:?}"
+            );
+            let batch = vec![Ok(new_event("old")), Ok(new_event("new"))];
+            let batch = events.append_batch(&session, batch).await;
+            assert!(
+                matches!(batch, Err(ServiceError::Store(StoreError::Unavailable(_)))),
+                "closed {close}: {batch:?}"
+            );
+        }
+        // Once durable, the same retry is a replay.
+        let again = plain.append(&session, new_event("old")).await.unwrap();
+        assert!(matches!(again, Written::Existing(_)), "{again:?}");
+        // An event that is nowhere is refused as before.
+        let refused = events.append(&session, new_event("unknown")).await;
+        assert!(
+            matches!(refused, Err(ServiceError::SessionClosed(_))),
+            "{refused:?}"
         );
     }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::{
     CreateOutcome, EraseHold, EraseStart, EventPageQuery, EventRepository, Inserted, PageStart,
-    Reservation, SessionPageQuery, SessionRepository, StoreError,
+    Read, Reservation, SessionPageQuery, SessionRepository, StoreError,
 };
 use crate::domain::{
     Event, EventId, EventPosition, FinalStatus, NewSession, Order, Session, SessionId,
@@ -251,6 +251,8 @@ impl EventRepository for MemoryStore {
         &self,
         session: &SessionId,
         ids: &[EventId],
+        // One process: every write is as durable as it will be once it is visible.
+        _read: Read,
     ) -> Result<Vec<Event>, StoreError> {
         let found = self.with_entry(session, |e| {
             ids.iter()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    CreateOutcome, EraseStart, EventPageQuery, EventRepository, Inserted, Reservation,
+    CreateOutcome, EraseStart, EventPageQuery, EventRepository, Inserted, Read, Reservation,
     SessionPageQuery, SessionRepository, StoreError,
 };
 use crate::domain::{Event, EventId, FinalStatus, NewSession, Session, SessionId, Timestamp};
@@ -143,8 +143,9 @@ impl<S: EventRepository> EventRepository for Metered<S> {
         &self,
         session: &SessionId,
         ids: &[EventId],
+        read: Read,
     ) -> Result<Vec<Event>, StoreError> {
-        self.timed("get_events", self.inner.get_many(session, ids))
+        self.timed("get_events", self.inner.get_many(session, ids, read))
             .await
     }
 

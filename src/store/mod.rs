@@ -254,6 +254,18 @@ pub trait SessionRepository: Send + Sync {
     async fn raise_seq(&self, id: &SessionId, seq: i64) -> Result<(), StoreError>;
 }
 
+/// Which writes a read sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Every acknowledged write, and writes still waiting for their acknowledgment.
+    Latest,
+    /// Only writes as durable as the store's acknowledgment makes them: with MongoDB and a
+    /// majority write concern, what a majority of the members hold, which no failover
+    /// undoes. A replay's answer reads this way, so that a 200 never rests on a write that
+    /// was never acknowledged and may yet be rolled back.
+    Durable,
+}
+
 /// Events, unique by (sessionId, eventId).
 #[async_trait]
 pub trait EventRepository: Send + Sync {
@@ -287,11 +299,12 @@ pub trait EventRepository: Send + Sync {
     /// Erases every event of the session; returns how many there were.
     async fn delete_session_events(&self, session: &SessionId) -> Result<u64, StoreError>;
 
-    /// The stored events of `session` among `ids`, in no particular order.
+    /// The stored events of `session` among `ids`, in no particular order, as `read` asks.
     async fn get_many(
         &self,
         session: &SessionId,
         ids: &[EventId],
+        read: Read,
     ) -> Result<Vec<Event>, StoreError>;
 
     /// One page of the session's events; empty for an unknown session.

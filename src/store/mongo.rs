@@ -11,8 +11,8 @@ use mongodb::error::{Error as MongoError, ErrorKind, InsertManyError, WriteFailu
 use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
 use mongodb::options::{
-    Acknowledgment, ClientOptions, IndexOptions, ReadPreference, ReturnDocument, SelectionCriteria,
-    WriteConcern,
+    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadConcern, ReadPreference,
+    ReturnDocument, SelectionCriteria, WriteConcern,
 };
 use mongodb::{Client, Collection, Cursor, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::bson_json::{object_to_raw, raw_to_object};
 use super::{
     CreateOutcome, EraseHold, EraseStart, EventFilter, EventPageQuery, EventRepository, Inserted,
-    LastWrite, PageStart, Reservation, SessionPageQuery, SessionRepository, StoreError,
+    LastWrite, PageStart, Read, Reservation, SessionPageQuery, SessionRepository, StoreError,
     ERASE_LEASE,
 };
 use crate::domain::{
@@ -101,6 +101,17 @@ impl MongoConfig {
     }
 }
 
+/// The read concern of [`Read::Durable`]: `majority` when writes wait for a majority, so
+/// that such a read sees only what no failover undoes. With a write concern of some number
+/// of members, the server's default: an acknowledged write is then no more durable than
+/// what a plain read sees.
+fn durable_read_concern(acknowledgment: WriteAcknowledgment) -> Option<ReadConcern> {
+    match acknowledgment {
+        WriteAcknowledgment::Majority => Some(ReadConcern::majority()),
+        WriteAcknowledgment::Nodes(_) => None,
+    }
+}
+
 /// Sessions and events in MongoDB.
 pub struct MongoStore {
     client: Client,
@@ -108,6 +119,9 @@ pub struct MongoStore {
     /// Events are written and read as raw BSON (`event_to_raw`, `event_from_raw`): the
     /// hottest paths, where serde's way through `Document`s cost a fifth of a page's CPU.
     events: Collection<RawDocumentBuf>,
+    /// The events as [`Read::Durable`] reads them: with read concern `majority` when writes
+    /// wait for a majority, as the events' handle otherwise.
+    durable_events: Collection<RawDocumentBuf>,
     timeout: Duration,
 }
 
@@ -203,9 +217,14 @@ impl MongoStore {
             .unwrap_or_else(|| DEFAULT_DB_NAME.to_owned());
         let client = Client::with_options(options).map_err(classify)?;
         let db = client.database(&db_name);
+        let durable = durable_read_concern(config.write_acknowledgment);
         let store = Self {
             sessions: db.collection("sessions"),
             events: db.collection("events"),
+            durable_events: db.collection_with_options(
+                "events",
+                CollectionOptions::builder().read_concern(durable).build(),
+            ),
             client,
             timeout: config.timeout,
         };
@@ -1019,10 +1038,14 @@ impl EventRepository for MongoStore {
         &self,
         session: &SessionId,
         ids: &[EventId],
+        read: Read,
     ) -> Result<Vec<Event>, StoreError> {
         let ids: Vec<&str> = ids.iter().map(EventId::as_str).collect();
-        let cursor = self
-            .events
+        let events = match read {
+            Read::Latest => &self.events,
+            Read::Durable => &self.durable_events,
+        };
+        let cursor = events
             .find(doc! {"sessionId": session.as_str(), "eventId": {"$in": &ids}})
             .projection(doc! {"_id": 0})
             // All in the first reply: one round trip, whatever the number of ids.
@@ -1240,6 +1263,15 @@ mod tests {
         by_hand.remove("payload");
         let raw = RawDocumentBuf::from_document(&by_hand).unwrap();
         assert!(event_from_raw(&raw).is_err());
+    }
+
+    #[test]
+    fn durable_reads_see_what_a_majority_holds_when_writes_wait_for_a_majority() {
+        assert_eq!(
+            durable_read_concern(WriteAcknowledgment::Majority),
+            Some(ReadConcern::majority())
+        );
+        assert_eq!(durable_read_concern(WriteAcknowledgment::Nodes(1)), None);
     }
 
     /// A primary stepping down fails a write's write concern: an insert must then get 503,

@@ -404,7 +404,12 @@ mod round_trips {
                     StatusCode::CREATED,
                     2,
                 ),
-                ("/sessions/rt/events", Some(event), StatusCode::OK, 3),
+                (
+                    "/sessions/rt/events",
+                    Some(event.clone()),
+                    StatusCode::OK,
+                    3,
+                ),
                 ("/sessions/rt/events?limit=50", None, StatusCode::OK, 1),
                 (
                     "/sessions/rt/events:batch",
@@ -413,6 +418,8 @@ mod round_trips {
                     2,
                 ),
                 ("/sessions/rt/complete", Some(json!({})), StatusCode::OK, 1),
+                // After the close: reserve, read the session, read the event.
+                ("/sessions/rt/events", Some(event), StatusCode::OK, 3),
                 // After the close: reserve, read the session, look for the items.
                 (
                     "/sessions/rt/events:batch",
@@ -420,11 +427,19 @@ mod round_trips {
                     StatusCode::OK,
                     3,
                 ),
+                // An item stored nowhere durable is looked for once more among the latest
+                // writes, where a retry of an append still in flight would find it (503).
                 (
                     "/sessions/rt/events:batch",
                     Some(json!({"events": [{"eventId": "late", "type": "system"}]})),
                     StatusCode::CONFLICT,
-                    3,
+                    4,
+                ),
+                (
+                    "/sessions/rt/events",
+                    Some(json!({"eventId": "late", "type": "system"})),
+                    StatusCode::CONFLICT,
+                    4,
                 ),
             ];
             for (path, body, status, round_trips) in cases {
