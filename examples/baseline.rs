@@ -19,7 +19,7 @@ use conversation_sessions::store::mongo::{MongoConfig, MongoStore};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::ReturnDocument;
+use mongodb::options::{CollectionOptions, ReadConcern, ReturnDocument};
 use mongodb::Collection;
 use serde_json::{json, Value};
 
@@ -217,16 +217,25 @@ async fn append(load: Load) -> Result<()> {
 }
 
 /// The service's replay: the reservation, the insert that the unique index refuses, and the
-/// read of the stored event.
+/// read of the stored event with read concern `majority`.
 async fn replay(load: Load) -> Result<()> {
     let (sessions, events) = collections(&load.uri, &load.db).await?;
+    let durable = mongodb::Client::with_uri_str(&load.uri)
+        .await?
+        .database(&load.db)
+        .collection_with_options::<Document>(
+            "events",
+            CollectionOptions::builder()
+                .read_concern(ReadConcern::majority())
+                .build(),
+        );
     open_sessions(&sessions, "replay-", 1).await?;
     events
         .insert_one(event_doc("replay-0", "replayed", 1, DateTime::now(), 0))
         .await?;
     let max_time = load.max_time;
     drive("driver_replay", 1, &load, move |_| {
-        let (sessions, events) = (sessions.clone(), events.clone());
+        let (sessions, events, durable) = (sessions.clone(), events.clone(), durable.clone());
         async move {
             let now = DateTime::now();
             let Some(seq) = reserve(&sessions, "replay-0", now, max_time).await else {
@@ -237,12 +246,17 @@ async fn replay(load: Load) -> Result<()> {
                 .await;
             let duplicate = matches!(&refused, Err(e) if matches!(*e.kind,
                 ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == 11000));
-            let stored = events
-                .find_one(doc! {"sessionId": "replay-0", "eventId": "replayed"})
+            let stored = match durable
+                .find(doc! {"sessionId": "replay-0", "eventId": {"$in": ["replayed"]}})
                 .projection(doc! {"_id": 0})
+                .batch_size(1)
                 .max_time(max_time)
-                .await;
-            duplicate && matches!(stored, Ok(Some(_)))
+                .await
+            {
+                Ok(cursor) => cursor.try_collect::<Vec<Document>>().await,
+                Err(e) => Err(e),
+            };
+            duplicate && matches!(stored, Ok(found) if found.len() == 1)
         }
     })
     .await

@@ -7,7 +7,7 @@ use crate::domain::{
 };
 use crate::feed::SessionFeed;
 use crate::store::{
-    EventFilter, EventPageQuery, EventRepository, Inserted, PageStart, Read, Reservation,
+    EventFilter, EventPageQuery, EventRepository, Inserted, PageStart, Reservation,
     SessionRepository, StoreError,
 };
 
@@ -20,6 +20,9 @@ const SEQ_ATTEMPTS: u32 = 8;
 /// refusal means it was created in between, which an erase and a create must repeat to
 /// cause again.
 const RESERVE_ATTEMPTS: u32 = 3;
+/// Why a retry whose event is stored, but not durable yet, gets 503.
+const NOT_YET_DURABLE: &str =
+    "the event is stored, but its write is not durable yet: send it again";
 
 /// Where a requested page starts, as the client asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,35 +414,24 @@ impl EventService {
             .collect())
     }
 
-    /// The session's stored events among `ids`, by id, that a replay may answer with: one
-    /// lookup of durable events ([`Read::Durable`]). When some ids are not among them, a
-    /// second lookup of the latest writes: an event found there is on its way to being
-    /// durable (the request that stored it still waits for its acknowledgment), and its
-    /// retry gets 503 until it is, lest a 200 rest on a write that a failover undoes.
+    /// The session's stored events among `ids`, by id, that a replay may be judged against:
+    /// the durable ones. When one is stored but not durable yet (its first send is still
+    /// replicating), the request gets 503, to be sent again once it is, lest a 200 rest on a
+    /// write that a failover undoes.
     async fn stored_by_id(
         &self,
         session: &SessionId,
         ids: &[EventId],
     ) -> Result<HashMap<EventId, Event>, ServiceError> {
-        let found = self.events.get_many(session, ids, Read::Durable).await?;
-        let stored: HashMap<EventId, Event> =
-            found.into_iter().map(|e| (e.event_id.clone(), e)).collect();
-        let unseen: Vec<EventId> = ids
-            .iter()
-            .filter(|id| !stored.contains_key(*id))
-            .cloned()
-            .collect();
-        if !unseen.is_empty() {
-            let pending = self.events.get_many(session, &unseen, Read::Latest).await?;
-            if !pending.is_empty() {
-                return Err(StoreError::Unavailable(
-                    "the event is stored, but its write is not yet acknowledged: send it again"
-                        .into(),
-                )
-                .into());
-            }
+        let found = self.events.get_durable(session, ids).await?;
+        if found.pending {
+            return Err(StoreError::Unavailable(NOT_YET_DURABLE.into()).into());
         }
-        Ok(stored)
+        Ok(found
+            .events
+            .into_iter()
+            .map(|e| (e.event_id.clone(), e))
+            .collect())
     }
 
     /// The stored event that a replay of `new` answers with, as [`Self::stored_by_id`] finds
@@ -550,7 +542,7 @@ mod tests {
 
     use crate::domain::{EventType, FinalStatus, JsonObject};
     use crate::service::testing::{open_session, Sessions};
-    use crate::store::{EraseHold, EraseStart, MemoryStore};
+    use crate::store::{DurableEvents, EraseHold, EraseStart, MemoryStore};
 
     fn new_event(id: &str) -> NewEvent {
         NewEvent {
@@ -728,19 +720,21 @@ mod tests {
         async fn delete_session_events(&self, s: &SessionId) -> Result<u64, StoreError> {
             self.memory.delete_session_events(s).await
         }
-        async fn get_many(
+        async fn get_durable(
             &self,
             s: &SessionId,
             ids: &[EventId],
-            read: Read,
-        ) -> Result<Vec<Event>, StoreError> {
-            if read == Read::Durable {
-                self.before_read(s).await;
-                if self.hook == Hook::NotYetDurable {
-                    return Ok(Vec::new());
-                }
+        ) -> Result<DurableEvents, StoreError> {
+            self.before_read(s).await;
+            let found = self.memory.get_durable(s, ids).await?;
+            match self.hook {
+                // What is stored, the durable read misses: all of it is still replicating.
+                Hook::NotYetDurable => Ok(DurableEvents {
+                    events: Vec::new(),
+                    pending: !found.events.is_empty(),
+                }),
+                _ => Ok(found),
             }
-            self.memory.get_many(s, ids, read).await
         }
         async fn page(&self, s: &SessionId, q: &EventPageQuery) -> Result<Vec<Event>, StoreError> {
             self.memory.page(s, q).await
@@ -889,16 +883,11 @@ mod tests {
                 assert!(closed.await.unwrap().is_some());
             }
             let single = events.append(&session, new_event("old")).await;
-            assert!(
-                matches!(single, Err(ServiceError::Store(StoreError::Unavailable(_)))),
-                "closed {close}: {single:?}"
-            );
-            let batch = vec![Ok(new_event("old")), Ok(new_event("new"))];
+            assert!(not_yet_durable(&single), "closed {close}: {single:?}");
+            // With an item stored nowhere, and, on the open session, one stored by itself.
+            let batch = vec![Ok(new_event("old")), Ok(new_event(&format!("new-{close}")))];
             let batch = events.append_batch(&session, batch).await;
-            assert!(
-                matches!(batch, Err(ServiceError::Store(StoreError::Unavailable(_)))),
-                "closed {close}: {batch:?}"
-            );
+            assert!(not_yet_durable(&batch), "closed {close}: {batch:?}");
         }
         // Once durable, the same retry is a replay.
         let again = plain.append(&session, new_event("old")).await.unwrap();
@@ -909,6 +898,11 @@ mod tests {
             matches!(refused, Err(ServiceError::SessionClosed(_))),
             "{refused:?}"
         );
+    }
+
+    fn not_yet_durable<T>(outcome: &Result<T, ServiceError>) -> bool {
+        matches!(outcome, Err(ServiceError::Store(StoreError::Unavailable(why)))
+            if why.to_string() == NOT_YET_DURABLE)
     }
 
     /// A retry whose stored event went with an erasure, and whose id was created again, before

@@ -536,7 +536,7 @@ mod tests {
     use crate::domain::{EventId, EventType, FinalStatus, JsonObject, NewSession, SessionStatus};
     use crate::service::testing::{open_session, Sessions};
     use crate::service::SessionService;
-    use crate::store::{Inserted, MemoryStore, Read};
+    use crate::store::{DurableEvents, Inserted, MemoryStore};
 
     const GAP_WAIT: Duration = Duration::from_millis(500);
 
@@ -566,13 +566,12 @@ mod tests {
         async fn delete_session_events(&self, s: &SessionId) -> Result<u64, StoreError> {
             self.inner.delete_session_events(s).await
         }
-        async fn get_many(
+        async fn get_durable(
             &self,
             s: &SessionId,
             ids: &[EventId],
-            read: Read,
-        ) -> Result<Vec<Event>, StoreError> {
-            self.inner.get_many(s, ids, read).await
+        ) -> Result<DurableEvents, StoreError> {
+            self.inner.get_durable(s, ids).await
         }
         async fn page(&self, s: &SessionId, q: &EventPageQuery) -> Result<Vec<Event>, StoreError> {
             self.reads.fetch_add(1, Ordering::SeqCst);

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use async_trait::async_trait;
 
 use super::{
-    CreateOutcome, EraseHold, EraseStart, EventPageQuery, EventRepository, Inserted, PageStart,
-    Read, Reservation, SessionPageQuery, SessionRepository, StoreError,
+    CreateOutcome, DurableEvents, EraseHold, EraseStart, EventPageQuery, EventRepository, Inserted,
+    PageStart, Reservation, SessionPageQuery, SessionRepository, StoreError,
 };
 use crate::domain::{
     Event, EventId, EventPosition, FinalStatus, NewSession, Order, Session, SessionId,
@@ -247,19 +247,21 @@ impl EventRepository for MemoryStore {
         Ok(0)
     }
 
-    async fn get_many(
+    /// One process: a write is as durable as it will be once it is visible.
+    async fn get_durable(
         &self,
         session: &SessionId,
         ids: &[EventId],
-        // One process: every write is as durable as it will be once it is visible.
-        _read: Read,
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<DurableEvents, StoreError> {
         let found = self.with_entry(session, |e| {
             ids.iter()
                 .filter_map(|id| e.by_id.get(id).map(|ev| Event::clone(ev)))
                 .collect()
         })?;
-        Ok(found.unwrap_or_default())
+        Ok(DurableEvents {
+            events: found.unwrap_or_default(),
+            pending: false,
+        })
     }
 
     async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError> {

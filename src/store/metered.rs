@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    CreateOutcome, EraseStart, EventPageQuery, EventRepository, Inserted, Read, Reservation,
-    SessionPageQuery, SessionRepository, StoreError,
+    CreateOutcome, DurableEvents, EraseStart, EventPageQuery, EventRepository, Inserted,
+    Reservation, SessionPageQuery, SessionRepository, StoreError,
 };
 use crate::domain::{Event, EventId, FinalStatus, NewSession, Session, SessionId, Timestamp};
 use crate::metrics::Metrics;
@@ -139,13 +139,12 @@ impl<S: EventRepository> EventRepository for Metered<S> {
             .await
     }
 
-    async fn get_many(
+    async fn get_durable(
         &self,
         session: &SessionId,
         ids: &[EventId],
-        read: Read,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.timed("get_events", self.inner.get_many(session, ids, read))
+    ) -> Result<DurableEvents, StoreError> {
+        self.timed("get_durable_events", self.inner.get_durable(session, ids))
             .await
     }
 

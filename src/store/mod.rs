@@ -254,16 +254,17 @@ pub trait SessionRepository: Send + Sync {
     async fn raise_seq(&self, id: &SessionId, seq: i64) -> Result<(), StoreError>;
 }
 
-/// Which writes a read sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Read {
-    /// Every acknowledged write, and writes still waiting for their acknowledgment.
-    Latest,
-    /// Only writes as durable as the store's acknowledgment makes them: with MongoDB and a
-    /// majority write concern, what a majority of the members hold, which no failover
-    /// undoes. A replay's answer reads this way, so that a 200 never rests on a write that
-    /// was never acknowledged and may yet be rolled back.
-    Durable,
+/// What a replay may be judged against: the stored events that no failover undoes.
+#[derive(Debug, Default)]
+pub struct DurableEvents {
+    /// The stored events among the ids looked for whose writes are as durable as the store
+    /// acknowledges writes: with MongoDB under `w: majority`, those a majority of the members
+    /// hold.
+    pub events: Vec<Event>,
+    /// Whether another of the ids is stored by a write that is not that durable yet: the
+    /// first send of a request still replicating. A 200 for its retry could rest on a write
+    /// that a failover undoes, so the retry must wait.
+    pub pending: bool,
 }
 
 /// Events, unique by (sessionId, eventId).
@@ -299,13 +300,13 @@ pub trait EventRepository: Send + Sync {
     /// Erases every event of the session; returns how many there were.
     async fn delete_session_events(&self, session: &SessionId) -> Result<u64, StoreError>;
 
-    /// The stored events of `session` among `ids`, in no particular order, as `read` asks.
-    async fn get_many(
+    /// The durable events of `session` among `ids`, in no particular order, and whether
+    /// another of them is stored but not durable yet.
+    async fn get_durable(
         &self,
         session: &SessionId,
         ids: &[EventId],
-        read: Read,
-    ) -> Result<Vec<Event>, StoreError>;
+    ) -> Result<DurableEvents, StoreError>;
 
     /// One page of the session's events; empty for an unknown session.
     async fn page(

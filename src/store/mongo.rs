@@ -1,5 +1,6 @@
 //! The MongoDB store over the official driver.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +21,9 @@ use tokio::sync::watch;
 
 use super::bson_json::{object_to_raw, raw_to_object};
 use super::{
-    CreateOutcome, EraseHold, EraseStart, EventFilter, EventPageQuery, EventRepository, Inserted,
-    LastWrite, PageStart, Read, Reservation, SessionPageQuery, SessionRepository, StoreError,
-    ERASE_LEASE,
+    CreateOutcome, DurableEvents, EraseHold, EraseStart, EventFilter, EventPageQuery,
+    EventRepository, Inserted, LastWrite, PageStart, Reservation, SessionPageQuery,
+    SessionRepository, StoreError, ERASE_LEASE,
 };
 use crate::domain::{
     Event, EventId, EventType, FinalStatus, JsonObject, Language, NewSession, Order, Session,
@@ -101,17 +102,6 @@ impl MongoConfig {
     }
 }
 
-/// The read concern of [`Read::Durable`]: `majority` when writes wait for a majority, so
-/// that such a read sees only what no failover undoes. With a write concern of some number
-/// of members, the server's default: an acknowledged write is then no more durable than
-/// what a plain read sees.
-fn durable_read_concern(acknowledgment: WriteAcknowledgment) -> Option<ReadConcern> {
-    match acknowledgment {
-        WriteAcknowledgment::Majority => Some(ReadConcern::majority()),
-        WriteAcknowledgment::Nodes(_) => None,
-    }
-}
-
 /// Sessions and events in MongoDB.
 pub struct MongoStore {
     client: Client,
@@ -119,9 +109,13 @@ pub struct MongoStore {
     /// Events are written and read as raw BSON (`event_to_raw`, `event_from_raw`): the
     /// hottest paths, where serde's way through `Document`s cost a fifth of a page's CPU.
     events: Collection<RawDocumentBuf>,
-    /// The events as [`Read::Durable`] reads them: with read concern `majority` when writes
-    /// wait for a majority, as the events' handle otherwise.
+    /// The events as a replay reads them ([`EventRepository::get_durable`]): with read
+    /// concern `majority` when writes wait for a majority, else `local`.
     durable_events: Collection<RawDocumentBuf>,
+    /// The events with read concern `local`, to tell a write still replicating from none,
+    /// whatever read concern `DB_URI` names. Only when durable reads are `majority`: else
+    /// they see every write already.
+    latest_events: Option<Collection<RawDocumentBuf>>,
     timeout: Duration,
 }
 
@@ -216,20 +210,49 @@ impl MongoStore {
             .or_else(|| options.default_database.clone())
             .unwrap_or_else(|| DEFAULT_DB_NAME.to_owned());
         let client = Client::with_options(options).map_err(classify)?;
-        let db = client.database(&db_name);
-        let durable = durable_read_concern(config.write_acknowledgment);
-        let store = Self {
-            sessions: db.collection("sessions"),
-            events: db.collection("events"),
-            durable_events: db.collection_with_options(
-                "events",
-                CollectionOptions::builder().read_concern(durable).build(),
-            ),
-            client,
-            timeout: config.timeout,
-        };
+        let store = Self::with_client(client, &db_name, config);
         store.ensure_indexes().await?;
         Ok(store)
+    }
+
+    /// The store's collection handles over `client`; no I/O.
+    fn with_client(client: Client, db_name: &str, config: &MongoConfig) -> Self {
+        let db = client.database(db_name);
+        let events_with = |concern: ReadConcern| {
+            let options = CollectionOptions::builder().read_concern(concern).build();
+            db.collection_with_options("events", options)
+        };
+        let majority = config.write_acknowledgment == WriteAcknowledgment::Majority;
+        Self {
+            sessions: db.collection("sessions"),
+            events: db.collection("events"),
+            durable_events: events_with(match majority {
+                true => ReadConcern::majority(),
+                false => ReadConcern::local(),
+            }),
+            latest_events: majority.then(|| events_with(ReadConcern::local())),
+            client,
+            timeout: config.timeout,
+        }
+    }
+
+    /// The stored events of `session` among `ids`, read through `events`: one `find`.
+    async fn find_ids(
+        &self,
+        events: &Collection<RawDocumentBuf>,
+        session: &SessionId,
+        ids: &[EventId],
+    ) -> Result<Vec<Event>, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(EventId::as_str).collect();
+        let cursor = events
+            .find(doc! {"sessionId": session.as_str(), "eventId": {"$in": &ids}})
+            .projection(doc! {"_id": 0})
+            // All in the first reply: one round trip, whatever the number of ids.
+            .batch_size(u32::try_from(ids.len()).unwrap_or(u32::MAX).max(1))
+            .max_time(self.timeout)
+            .await
+            .map_err(classify)?;
+        collect_events(cursor).await
     }
 
     /// Creates the indexes the guarantees rest on. Creating an existing index with the same
@@ -1034,26 +1057,30 @@ impl EventRepository for MongoStore {
         Ok(deleted.deleted_count)
     }
 
-    async fn get_many(
+    /// One `find` with read concern `majority` (under `w: majority`). When it misses some
+    /// ids, a second, `local`, looks for those: one found there is stored by a write that
+    /// has not reached a majority yet.
+    async fn get_durable(
         &self,
         session: &SessionId,
         ids: &[EventId],
-        read: Read,
-    ) -> Result<Vec<Event>, StoreError> {
-        let ids: Vec<&str> = ids.iter().map(EventId::as_str).collect();
-        let events = match read {
-            Read::Latest => &self.events,
-            Read::Durable => &self.durable_events,
+    ) -> Result<DurableEvents, StoreError> {
+        let events = self.find_ids(&self.durable_events, session, ids).await?;
+        let Some(latest) = &self.latest_events else {
+            return Ok(DurableEvents {
+                events,
+                pending: false,
+            });
         };
-        let cursor = events
-            .find(doc! {"sessionId": session.as_str(), "eventId": {"$in": &ids}})
-            .projection(doc! {"_id": 0})
-            // All in the first reply: one round trip, whatever the number of ids.
-            .batch_size(u32::try_from(ids.len()).unwrap_or(u32::MAX).max(1))
-            .max_time(self.timeout)
-            .await
-            .map_err(classify)?;
-        collect_events(cursor).await
+        let found: HashSet<&EventId> = events.iter().map(|e| &e.event_id).collect();
+        let unseen: Vec<EventId> = ids
+            .iter()
+            .filter(|id| !found.contains(id))
+            .cloned()
+            .collect();
+        let pending =
+            !unseen.is_empty() && !self.find_ids(latest, session, &unseen).await?.is_empty();
+        Ok(DurableEvents { events, pending })
     }
 
     async fn get(&self, session: &SessionId, event: &EventId) -> Result<Option<Event>, StoreError> {
@@ -1265,13 +1292,28 @@ mod tests {
         assert!(event_from_raw(&raw).is_err());
     }
 
-    #[test]
-    fn durable_reads_see_what_a_majority_holds_when_writes_wait_for_a_majority() {
+    /// Under `w: majority`, a replay reads what a majority holds, and looks for writes still
+    /// replicating with `local`; under `w: <n>`, it reads `local` once.
+    #[tokio::test]
+    async fn durable_reads_see_what_a_majority_holds_when_writes_wait_for_a_majority() {
+        // Nothing listens there: building the handles does no I/O.
+        let uri = "mongodb://127.0.0.1:9/?readConcernLevel=majority";
+        let client = Client::with_uri_str(uri).await.unwrap();
+        let majority = MongoStore::with_client(client.clone(), "t", &MongoConfig::new(uri));
+        let concern = |events: &Collection<RawDocumentBuf>| events.read_concern().cloned();
         assert_eq!(
-            durable_read_concern(WriteAcknowledgment::Majority),
+            concern(&majority.durable_events),
             Some(ReadConcern::majority())
         );
-        assert_eq!(durable_read_concern(WriteAcknowledgment::Nodes(1)), None);
+        let latest = majority.latest_events.as_ref().map(concern);
+        assert_eq!(latest, Some(Some(ReadConcern::local())));
+        let config = MongoConfig {
+            write_acknowledgment: WriteAcknowledgment::Nodes(1),
+            ..MongoConfig::new(uri)
+        };
+        let nodes = MongoStore::with_client(client, "t", &config);
+        assert_eq!(concern(&nodes.durable_events), Some(ReadConcern::local()));
+        assert!(nodes.latest_events.is_none());
     }
 
     /// A primary stepping down fails a write's write concern: an insert must then get 503,
