@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use conversation_sessions::store::mongo::{MongoConfig, MongoStore};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
-use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::error::{ErrorKind, InsertManyError};
 use mongodb::options::{CollectionOptions, ReadConcern, ReturnDocument};
 use mongodb::Collection;
 use serde_json::{json, Value};
@@ -91,10 +91,16 @@ fn report(
     );
 }
 
-async fn collections(
-    uri: &str,
-    db: &str,
-) -> Result<(mongodb::Collection<Document>, mongodb::Collection<Document>)> {
+async fn collections(uri: &str, db: &str) -> Result<(Collection<Document>, Collection<Document>)> {
+    let database = database(uri, db).await?;
+    Ok((
+        database.collection("sessions"),
+        database.collection("events"),
+    ))
+}
+
+/// The database, with the service's indexes created.
+async fn database(uri: &str, db: &str) -> Result<mongodb::Database> {
     // The service's own indexes, so that the baseline pays for the same index writes.
     MongoStore::connect(&MongoConfig {
         db_name: Some(db.to_owned()),
@@ -103,11 +109,7 @@ async fn collections(
     })
     .await?;
     let client = mongodb::Client::with_uri_str(uri).await?;
-    let database = client.database(db);
-    Ok((
-        database.collection("sessions"),
-        database.collection("events"),
-    ))
+    Ok(client.database(db))
 }
 
 fn payload(i: u64) -> Document {
@@ -181,7 +183,7 @@ async fn reserve(
 ) -> Option<i64> {
     sessions
         .find_one_and_update(
-            doc! {"_id": session, "status": {"$in": ["initiated", "active"]}},
+            doc! {"_id": session, "status": {"$in": ["initiated", "active"]}, "erasing": {"$ne": true}},
             doc! {"$inc": {"lastSeq": 1_i64}, "$set": {"status": "active"}, "$max": {"updatedAt": now}},
         )
         .return_document(ReturnDocument::After)
@@ -207,8 +209,10 @@ async fn append(load: Load) -> Result<()> {
             let Some(seq) = reserve(&sessions, &session, now, max_time).await else {
                 return false;
             };
+            // The service writes one event as an unordered bulk insert of one.
             events
-                .insert_one(event_doc(&session, &format!("e{i}"), seq, now, i))
+                .insert_many([event_doc(&session, &format!("e{i}"), seq, now, i)])
+                .ordered(false)
                 .await
                 .is_ok()
         }
@@ -219,16 +223,17 @@ async fn append(load: Load) -> Result<()> {
 /// The service's replay: the reservation, the insert that the unique index refuses, and the
 /// read of the stored event with read concern `majority`.
 async fn replay(load: Load) -> Result<()> {
-    let (sessions, events) = collections(&load.uri, &load.db).await?;
-    let durable = mongodb::Client::with_uri_str(&load.uri)
-        .await?
-        .database(&load.db)
-        .collection_with_options::<Document>(
-            "events",
-            CollectionOptions::builder()
-                .read_concern(ReadConcern::majority())
-                .build(),
-        );
+    let database = database(&load.uri, &load.db).await?;
+    let (sessions, events) = (
+        database.collection("sessions"),
+        database.collection("events"),
+    );
+    let durable = database.collection_with_options::<Document>(
+        "events",
+        CollectionOptions::builder()
+            .read_concern(ReadConcern::majority())
+            .build(),
+    );
     open_sessions(&sessions, "replay-", 1).await?;
     events
         .insert_one(event_doc("replay-0", "replayed", 1, DateTime::now(), 0))
@@ -242,10 +247,12 @@ async fn replay(load: Load) -> Result<()> {
                 return false;
             };
             let refused = events
-                .insert_one(event_doc("replay-0", "replayed", seq, now, 0))
+                .insert_many([event_doc("replay-0", "replayed", seq, now, 0)])
+                .ordered(false)
                 .await;
-            let duplicate = matches!(&refused, Err(e) if matches!(*e.kind,
-                ErrorKind::Write(WriteFailure::WriteError(ref w)) if w.code == 11000));
+            let duplicate = matches!(&refused, Err(e) if matches!(&*e.kind,
+                ErrorKind::InsertMany(InsertManyError { write_errors: Some(w), .. })
+                    if w.iter().all(|w| w.code == 11000)));
             let stored = match durable
                 .find(doc! {"sessionId": "replay-0", "eventId": {"$in": ["replayed"]}})
                 .projection(doc! {"_id": 0})

@@ -215,7 +215,7 @@ impl MongoStore {
         Ok(store)
     }
 
-    /// The store's collection handles over `client`; no I/O.
+    /// The store's collection handles over `client`. Sends no command.
     fn with_client(client: Client, db_name: &str, config: &MongoConfig) -> Self {
         let db = client.database(db_name);
         let events_with = |concern: ReadConcern| {
@@ -1296,7 +1296,7 @@ mod tests {
     /// replicating with `local`; under `w: <n>`, it reads `local` once.
     #[tokio::test]
     async fn durable_reads_see_what_a_majority_holds_when_writes_wait_for_a_majority() {
-        // Nothing listens there: building the handles does no I/O.
+        // Nothing listens there: building the handles sends no command.
         let uri = "mongodb://127.0.0.1:9/?readConcernLevel=majority";
         let client = Client::with_uri_str(uri).await.unwrap();
         let majority = MongoStore::with_client(client.clone(), "t", &MongoConfig::new(uri));
