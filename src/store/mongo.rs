@@ -244,11 +244,16 @@ impl MongoStore {
         ids: &[EventId],
     ) -> Result<Vec<Event>, StoreError> {
         let ids: Vec<&str> = ids.iter().map(EventId::as_str).collect();
+        let most = ids.len().max(1);
         let cursor = events
             .find(doc! {"sessionId": session.as_str(), "eventId": {"$in": &ids}})
             .projection(doc! {"_id": 0})
-            // All in the first reply: one round trip, whatever the number of ids.
-            .batch_size(u32::try_from(ids.len()).unwrap_or(u32::MAX).max(1))
+            // All in the first reply, and the cursor closed with it: one round trip,
+            // whatever the number of ids. Without the limit, a reply of `batchSize`
+            // events leaves the cursor open, and reading to its end costs a `getMore`.
+            // The unique (sessionId, eventId) index holds at most one event per id.
+            .limit(i64::try_from(most).unwrap_or(i64::MAX))
+            .batch_size(u32::try_from(most).unwrap_or(u32::MAX))
             .max_time(self.timeout)
             .await
             .map_err(classify)?;
