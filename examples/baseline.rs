@@ -256,6 +256,7 @@ async fn replay(load: Load) -> Result<()> {
             let stored = match durable
                 .find(doc! {"sessionId": "replay-0", "eventId": {"$in": ["replayed"]}})
                 .projection(doc! {"_id": 0})
+                .limit(1)
                 .batch_size(1)
                 .max_time(max_time)
                 .await
