@@ -255,7 +255,7 @@ pub trait SessionRepository: Send + Sync {
 }
 
 /// What a replay may be judged against: the stored events that no failover undoes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DurableEvents {
     /// The stored events among the ids looked for whose writes are as durable as the store
     /// acknowledges writes: with MongoDB under `w: majority`, those a majority of the members

@@ -250,8 +250,8 @@ impl MongoStore {
             .projection(doc! {"_id": 0})
             // All in the first reply, and the cursor closed with it: one round trip,
             // whatever the number of ids, unless the events outgrow a reply (16 MiB).
-            // Without the limit, a reply of `batchSize`
-            // events leaves the cursor open, and reading to its end costs a `getMore`.
+            // Without the limit, a reply of `batchSize` events leaves the cursor open, and
+            // reading to its end costs a `getMore`.
             // The unique (sessionId, eventId) index holds at most one event per id.
             .limit(i64::try_from(most).unwrap_or(i64::MAX))
             .batch_size(u32::try_from(most).unwrap_or(u32::MAX))
