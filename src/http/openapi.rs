@@ -157,6 +157,10 @@ fn add_shared_responses(operation: &mut Operation, path: &str, public: bool) {
         )]);
     }
     if operation.request_body.is_some() {
+        errors.push((
+            "408",
+            "The body paused for longer than BODY_READ_TIMEOUT_SECS",
+        ));
         errors.push(("413", "The body is larger than BODY_LIMIT_BYTES"));
         errors.push((
             "415",

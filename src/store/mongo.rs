@@ -12,8 +12,8 @@ use mongodb::error::{Error as MongoError, ErrorKind, InsertManyError, WriteFailu
 use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
 use mongodb::options::{
-    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadConcern, ReadPreference,
-    ReturnDocument, SelectionCriteria, WriteConcern,
+    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadConcern, ReadConcernLevel,
+    ReadPreference, ReturnDocument, SelectionCriteria, WriteConcern,
 };
 use mongodb::{Client, Collection, Cursor, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -49,9 +49,11 @@ const EVENT_ID_INDEX: &str = "session_event_id";
 /// Server error codes that mean "not now" rather than "never": elections, shutdowns,
 /// network trouble and operations that ran out of time. 64 is a write concern that timed
 /// out (`wtimeoutMS`); 133 and 202 are what mongos answers while a shard cannot be reached
-/// or is slow.
+/// or is slow; 134 is a `majority` read before the member has a majority-committed
+/// snapshot; 43 and 237 are a page's cursor lost between its `find` and a `getMore` (a
+/// step-down or a restart kills it), which a new request opens afresh.
 const TRANSIENT_CODES: &[i32] = &[
-    6, 7, 50, 64, 89, 91, 133, 189, 202, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+    6, 7, 43, 50, 64, 89, 91, 133, 134, 189, 202, 237, 262, 9001, 10107, 11600, 11602, 13435, 13436,
 ];
 
 /// How to reach MongoDB.
@@ -193,6 +195,7 @@ impl MongoStore {
             .w_timeout(options.write_concern.as_ref().and_then(|c| c.w_timeout))
             .build();
         warn_of_replaced_uri_options(&options, &write_concern, config);
+        options.read_concern = reads_with(options.read_concern.take());
         // Every read goes to the primary: a read from a secondary could miss the write just
         // acknowledged, and a retry would then be taken for something new (see DESIGN.md).
         options.selection_criteria =
@@ -670,6 +673,23 @@ fn warn_of_replaced_uri_options(
         tracing::warn!(
             "DB_URI sets readPreference, which the service replaces: it reads from the primary"
         );
+    }
+}
+
+/// The read concern of the store's reads, the replay's excepted (`with_client`): the URI's,
+/// unless it is `available`, which on a sharded cluster may return the orphaned copies of
+/// events a migration left behind, so that a page would list an event twice. `local`, the
+/// server's default, is read instead.
+fn reads_with(uri: Option<ReadConcern>) -> Option<ReadConcern> {
+    match uri {
+        Some(concern) if concern.level == ReadConcernLevel::Available => {
+            tracing::warn!(
+                "DB_URI sets readConcernLevel=available, which may return a sharded \
+                 cluster's orphaned documents; the service reads with local instead"
+            );
+            Some(ReadConcern::local())
+        }
+        other => other,
     }
 }
 
@@ -1262,6 +1282,7 @@ fn session_filter(query: &SessionPageQuery) -> Document {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mongodb::error::CommandError;
 
     /// Documents written by earlier versions (through serde) and by this one (raw) read
     /// alike, and this one writes the same bytes.
@@ -1320,6 +1341,39 @@ mod tests {
         let nodes = MongoStore::with_client(client, "t", &config);
         assert_eq!(concern(&nodes.durable_events), Some(ReadConcern::local()));
         assert!(nodes.latest_events.is_none());
+    }
+
+    #[test]
+    fn a_uri_read_concern_applies_unless_it_may_return_orphaned_documents() {
+        let level = |uri: Option<ReadConcern>| reads_with(uri).map(|c| c.level);
+        assert_eq!(level(None), None);
+        assert_eq!(
+            level(Some(ReadConcern::majority())),
+            Some(ReadConcernLevel::Majority)
+        );
+        assert_eq!(
+            level(Some(ReadConcern::available())),
+            Some(ReadConcernLevel::Local)
+        );
+    }
+
+    /// A read that a retry of the request may get through is 503, not 500.
+    #[test]
+    fn lost_cursors_and_a_missing_majority_snapshot_are_transient() {
+        let command = |code: i32| {
+            let failure: CommandError = mongodb::bson::from_document(
+                doc! {"code": code, "codeName": "X", "errmsg": "failed"},
+            )
+            .unwrap();
+            classify(MongoError::from(ErrorKind::Command(failure)))
+        };
+        for code in [43, 134, 237] {
+            assert!(
+                matches!(command(code), StoreError::Unavailable(_)),
+                "{code}"
+            );
+        }
+        assert!(matches!(command(2), StoreError::Backend(_)));
     }
 
     /// A primary stepping down fails a write's write concern: an insert must then get 503,
