@@ -7,6 +7,9 @@ use super::ValidationError;
 
 const MAX_ID_LEN: u64 = 128;
 
+/// What an id with a character outside the id rule is told.
+pub const ID_CHARACTERS: &str = "may only hold ASCII letters, digits and the characters - _ . : @";
+
 /// Checks the shared id rule: 1-128 ASCII letters, digits and `-_.:@`.
 ///
 /// `.` and `..` are refused as well: HTTP clients rewrite them as path segments, so such an id
@@ -20,10 +23,7 @@ fn check_id(field: &str, raw: &str) -> Result<(), ValidationError> {
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@');
     if !raw.chars().all(allowed) {
-        return Err(ValidationError::new(
-            field,
-            "may only hold ASCII letters, digits and the characters - _ . : @",
-        ));
+        return Err(ValidationError::new(field, ID_CHARACTERS));
     }
     if raw == "." || raw == ".." {
         return Err(ValidationError::new(field, "must not be '.' or '..'"));

@@ -10,7 +10,7 @@ mod time;
 
 pub use cursor::{Cursor, CursorError, CursorKey, Order};
 pub use event::{Event, EventPosition, EventType, NewEvent};
-pub use ids::{EventId, SessionId};
+pub use ids::{EventId, SessionId, ID_CHARACTERS};
 pub use json::{JsonInput, JsonObject};
 pub use language::Language;
 pub use session::{FinalStatus, NewSession, Session, SessionStatus};

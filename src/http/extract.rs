@@ -1,6 +1,8 @@
 //! Extractors that turn every malformed request into the API's error envelope.
 
 use axum::body::Bytes;
+use axum::extract::path::ErrorKind as PathErrorKind;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
@@ -9,7 +11,7 @@ use std::error::Error;
 
 use super::body_timeout::BodyPaused;
 use super::error::ApiError;
-use crate::domain::ValidationError;
+use crate::domain::{ValidationError, ID_CHARACTERS};
 
 /// A JSON body, required, with `Content-Type: application/json`.
 pub struct ApiJson<T>(pub T);
@@ -383,8 +385,24 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(v)| ApiPath(v))
-            .map_err(|rejection| ApiError::validation("path", rejection.body_text()))
+            .map_err(path_error)
     }
+}
+
+/// An id whose percent-decoding is not UTF-8 is refused as the id rules refuse any other
+/// character outside them, under the id's API name.
+fn path_error(rejection: PathRejection) -> ApiError {
+    if let PathRejection::FailedToDeserializePathParams(failed) = &rejection {
+        if let PathErrorKind::InvalidUtf8InPathParam { key } = failed.kind() {
+            let field = match key.as_str() {
+                "session_id" => "sessionId",
+                "event_id" => "eventId",
+                _ => "path",
+            };
+            return ApiError::validation(field, ID_CHARACTERS);
+        }
+    }
+    ApiError::validation("path", rejection.body_text())
 }
 
 /// The query string as name/value pairs, taken one by one so that repeated and unknown

@@ -167,6 +167,7 @@ async fn hostile_ids_are_refused_everywhere(app: TestApp) {
         "a%2Fb",
         "%20",
         "%C3%A9",
+        "a%FFb",
     ] {
         for path in [
             format!("/sessions/{id}"),
@@ -175,6 +176,14 @@ async fn hostile_ids_are_refused_everywhere(app: TestApp) {
         ] {
             let (status, body) = app.get(&path).await;
             assert_error(status, &body, 400, "validation_failed");
+            // Named as the id, however the id breaks the rule: even bytes that do not
+            // decode as UTF-8.
+            let field = if path.starts_with("/sessions/h5/events/") {
+                "eventId"
+            } else {
+                "sessionId"
+            };
+            assert_eq!(body["error"]["details"]["field"], field, "{path}");
         }
     }
     for id in [
