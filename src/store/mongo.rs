@@ -50,8 +50,9 @@ const EVENT_ID_INDEX: &str = "session_event_id";
 /// network trouble and operations that ran out of time. 64 is a write concern that timed
 /// out (`wtimeoutMS`); 133 and 202 are what mongos answers while a shard cannot be reached
 /// or is slow; 134 is a `majority` read before the member has a majority-committed
-/// snapshot; 43 and 237 are a page's cursor lost between its `find` and a `getMore` (a
-/// step-down or a restart kills it), which a new request opens afresh.
+/// snapshot; 43 and 237 are a page's cursor lost between its `find` and a `getMore` (the
+/// member or mongos restarted, or an operator killed the cursor or its session), which a
+/// new request opens afresh.
 const TRANSIENT_CODES: &[i32] = &[
     6, 7, 43, 50, 64, 89, 91, 133, 134, 189, 202, 237, 262, 9001, 10107, 11600, 11602, 13435, 13436,
 ];
@@ -183,30 +184,7 @@ impl MongoStore {
                 }
             }));
         }
-        if options.app_name.is_none() {
-            options.app_name = Some(env!("CARGO_PKG_NAME").to_owned());
-        }
-        let write_concern = WriteConcern::builder()
-            .w(match config.write_acknowledgment {
-                WriteAcknowledgment::Majority => Acknowledgment::Majority,
-                WriteAcknowledgment::Nodes(n) => Acknowledgment::Nodes(n),
-            })
-            .journal(config.journal)
-            .w_timeout(options.write_concern.as_ref().and_then(|c| c.w_timeout))
-            .build();
-        warn_of_replaced_uri_options(&options, &write_concern, config);
-        options.read_concern = reads_with(options.read_concern.take());
-        // Every read goes to the primary: a read from a secondary could miss the write just
-        // acknowledged, and a retry would then be taken for something new (see DESIGN.md).
-        options.selection_criteria =
-            Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
-        options.server_selection_timeout = Some(config.timeout);
-        options.write_concern = Some(write_concern);
-        options.retry_writes = Some(config.retry_writes);
-        options.connect_timeout = Some(config.timeout);
-        if config.max_pool_size.is_some() {
-            options.max_pool_size = config.max_pool_size;
-        }
+        apply_settings(&mut options, config);
         let db_name = config
             .db_name
             .clone()
@@ -673,6 +651,35 @@ fn warn_of_replaced_uri_options(
         tracing::warn!(
             "DB_URI sets readPreference, which the service replaces: it reads from the primary"
         );
+    }
+}
+
+/// The service's settings over the URI's options: the write concern, retryable writes, the
+/// timeouts and the pool from `config`, reads from the primary, and the read concern of
+/// [`reads_with`]. Warns of the URI options this replaces with other values.
+fn apply_settings(options: &mut ClientOptions, config: &MongoConfig) {
+    if options.app_name.is_none() {
+        options.app_name = Some(env!("CARGO_PKG_NAME").to_owned());
+    }
+    let write_concern = WriteConcern::builder()
+        .w(match config.write_acknowledgment {
+            WriteAcknowledgment::Majority => Acknowledgment::Majority,
+            WriteAcknowledgment::Nodes(n) => Acknowledgment::Nodes(n),
+        })
+        .journal(config.journal)
+        .w_timeout(options.write_concern.as_ref().and_then(|c| c.w_timeout))
+        .build();
+    warn_of_replaced_uri_options(options, &write_concern, config);
+    options.read_concern = reads_with(options.read_concern.take());
+    // Every read goes to the primary: a read from a secondary could miss the write just
+    // acknowledged, and a retry would then be taken for something new (see DESIGN.md).
+    options.selection_criteria = Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+    options.server_selection_timeout = Some(config.timeout);
+    options.write_concern = Some(write_concern);
+    options.retry_writes = Some(config.retry_writes);
+    options.connect_timeout = Some(config.timeout);
+    if config.max_pool_size.is_some() {
+        options.max_pool_size = config.max_pool_size;
     }
 }
 
@@ -1355,6 +1362,27 @@ mod tests {
             level(Some(ReadConcern::available())),
             Some(ReadConcernLevel::Local)
         );
+    }
+
+    /// Parsing a URI of one host resolves nothing.
+    #[tokio::test]
+    async fn the_service_settings_replace_the_uri_options_they_cover() {
+        let uri = "mongodb://127.0.0.1:9/?readConcernLevel=available&readPreference=secondary\
+                   &w=1&journal=false&retryWrites=false&wtimeoutMS=2500&maxPoolSize=7";
+        let mut options = ClientOptions::parse(uri).await.unwrap();
+        apply_settings(&mut options, &MongoConfig::new(uri));
+        assert_eq!(options.read_concern, Some(ReadConcern::local()));
+        assert!(matches!(
+            options.selection_criteria,
+            Some(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+        ));
+        let concern = options.write_concern.unwrap();
+        assert_eq!(concern.w, Some(Acknowledgment::Majority));
+        assert_eq!(concern.journal, Some(true));
+        assert_eq!(concern.w_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(options.retry_writes, Some(true));
+        assert_eq!(options.max_pool_size, Some(7));
+        assert_eq!(options.app_name.as_deref(), Some(env!("CARGO_PKG_NAME")));
     }
 
     /// A read that a retry of the request may get through is 503, not 500.
